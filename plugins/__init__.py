@@ -1,0 +1,1 @@
+"""Built-in management plugins, installed as the package `xaiproxy_plugins`."""

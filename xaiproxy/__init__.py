@@ -1,0 +1,3 @@
+"""xaiproxy: a lean self-hosted AI API gateway."""
+
+__version__ = "0.1.0"

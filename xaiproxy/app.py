@@ -1,0 +1,102 @@
+"""create_app(settings): wires the gateway together. No logic of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from . import boot, errors, plugins, pricing, relay
+from .errors import ApiError
+from .plugins import Gateway
+from .state import State
+from .store import Store
+
+log = logging.getLogger("xaiproxy")
+GATEWAY = web.AppKey("gateway", Gateway)
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Every failure leaves in the one error format; nothing escapes as a bare 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return errors.from_exc(exc, anthropic=request.path.startswith("/v1/messages"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            message = (
+                "request body too large; the limit is %d bytes"
+                % request.app[GATEWAY].settings.max_body_bytes
+            )
+        elif exc.status == 404:
+            message = f"no endpoint at {request.path[:100]}"
+        else:
+            message = exc.reason or "request refused"
+        code = _HTTP_CODES.get(exc.status, "invalid_request")
+        return errors.response(
+            exc.status, code, message, anthropic=request.path.startswith("/v1/messages")
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path[:200])
+        return errors.response(500, "internal_error", "internal error; the request was not applied")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[GATEWAY].draining:
+        return errors.response(503, "draining", "the gateway is shutting down")
+    return web.json_response({"status": "ready"})
+
+
+def _lifecycle(gw: Gateway):
+    async def ctx(app: web.Application):
+        await gw.store.open()
+        gw.new_root_key = await boot.load(gw)
+        gw.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=gw.settings.upstream_connect_timeout
+            ),
+            auto_decompress=False,
+        )
+        for fn in gw.startup:
+            await fn()
+        yield
+        for fn in gw.shutdown:
+            await fn()
+        await gw.session.close()
+        await gw.store.close()
+
+    return ctx
+
+
+async def _drain(app: web.Application) -> None:
+    app[GATEWAY].draining = True
+
+
+def create_app(settings) -> web.Application:
+    store = Store(settings.db, settings.flush_interval)
+    gw = Gateway(settings, State(), store, pricing.load(settings.prices))
+    gw.ledger.bind(gw.state)
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[GATEWAY] = gw
+    gw.app = app
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    plugins.load(gw, settings.plugins)
+    plugins.mount(app, gw)
+    relay.setup(app, gw)
+    app.cleanup_ctx.append(_lifecycle(gw))
+    app.on_shutdown.append(_drain)
+    return app

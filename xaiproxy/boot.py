@@ -1,0 +1,106 @@
+"""Start-up: load the in-memory state from the store, and create root on a fresh database."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+from . import credentials
+from .ownerconf import OwnerConfig
+from .state import ACCOUNT_COLUMNS, KEY_COLUMNS, Account, Grant, ProviderKey
+
+log = logging.getLogger("xaiproxy.boot")
+
+
+def month_start(now: float | None = None) -> tuple[str, float]:
+    dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    start = dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return start.strftime("%Y-%m"), start.timestamp()
+
+
+async def load(gw) -> str | None:
+    """Fill gw.state from the store. Returns root's key when it was generated just now."""
+    store, state = gw.store, gw.state
+    new_root_key = None
+    if not await store.scalar("SELECT COUNT(*) FROM accounts"):
+        new_root_key = await _create_root(gw)
+    rows = await store.fetchall(
+        f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM accounts ORDER BY level, id"
+    )
+    for row in rows:
+        values = dict(row)
+        values["model_limits"] = orjson.loads(values["model_limits"] or "{}")
+        values["status"] = bool(values["status"])
+        values["owner"] = bool(values["owner"])
+        state.add_account(Account(**values))
+    now = time.time()
+    for row in await store.fetchall(
+        "SELECT * FROM grants WHERE remaining_n != 0 AND (expires_at > ? OR remaining_n < 0)"
+        " ORDER BY expires_at",
+        (now,),
+    ):
+        acc = state.accounts.get(row["account_id"])
+        if acc is not None:
+            acc.grants.append(Grant(**dict(row)))
+    month, start = month_start(now)
+    for row in await store.fetchall(
+        "SELECT account_id, SUM(cost) FROM usage WHERE ts >= ? GROUP BY account_id", (start,)
+    ):
+        acc = state.accounts.get(row[0])
+        if acc is not None:
+            acc.month, acc.month_spend = month, row[1]
+    for row in await store.fetchall(f"SELECT {', '.join(KEY_COLUMNS)} FROM provider_keys"):
+        values = dict(row)
+        values["secret"] = gw.box.open(values["secret"])
+        values["status"] = bool(values["status"])
+        values["config"] = orjson.loads(values["config"] or "{}")
+        state.put_key(ProviderKey(**values))
+    await _load_configs(gw)
+    for table in ("accounts", "grants", "provider_keys", "news"):
+        state.seed_id(table, await store.scalar(f"SELECT MAX(id) FROM {table}"))
+    return new_root_key
+
+
+async def _load_configs(gw) -> None:
+    versions = {r[0]: r[1] for r in await gw.store.fetchall("SELECT * FROM config_version")}
+    values: dict[int, dict] = {}
+    for owner_id, key, value in await gw.store.fetchall("SELECT * FROM owner_config"):
+        values.setdefault(owner_id, {})[key] = orjson.loads(value)
+    for owner_id in set(versions) | set(values):
+        gw.state.configs[owner_id] = OwnerConfig.build(
+            owner_id, versions.get(owner_id, 0), values.get(owner_id, {}), gw.prices
+        )
+
+
+async def _create_root(gw) -> str | None:
+    given = gw.settings.root_key
+    key = given or credentials.generate_key()
+    now = time.time()
+    root = Account(
+        id=1,
+        name="root",
+        email="root@localhost",
+        alias="root",
+        dna=".1.",
+        level=0,
+        key_hash=credentials.hash_key(key),
+        key_prefix=credentials.display_prefix(key),
+        owner=True,
+        created_at=now,
+        updated_at=now,
+    )
+    row = root.row()
+    cols = ", ".join(row)
+    await gw.store.write(
+        [
+            (
+                f"INSERT INTO accounts ({cols}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+        ]
+    )
+    log.info("created the root account")
+    return None if given else key

@@ -1,0 +1,96 @@
+"""Command line: `xaiproxy serve` runs the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+from . import settings as settings_mod
+
+
+def _banner(settings, root_key: str | None) -> str:
+    url = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"xaiproxy {__version__} listening on {url}",
+        f"  database: {settings.db}",
+    ]
+    if root_key:
+        lines += [
+            "",
+            "  Created the root account. Its key is shown ONCE; store it now:",
+            f"    {root_key}",
+            "",
+            "  Try it:",
+            f'    export XAI_KEY="{root_key}"',
+            f'    curl -s {url}/dashboard/x-user-status -H "Authorization: Bearer $XAI_KEY"',
+            f"    curl -s {url}/x-keys -H \"Authorization: Bearer $XAI_KEY\" -H 'Content-Type: application/json' \\",
+            '      -d \'{"SecretKey": "sk-your-openai-key", "Level": 1, "Provider": "https://api.openai.com"}\'',
+        ]
+    else:
+        lines.append("  root key: as set before (XAI_ROOT_KEY or the key printed on first start)")
+    lines.append(f"  OpenAI SDK: OpenAI(base_url='{url}/v1', api_key=<your key>)")
+    return "\n".join(lines)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import GATEWAY, create_app
+
+    try:
+        settings = settings_mod.load(args.config, host=args.host, port=args.port, db=args.db)
+    except settings_mod.SettingsError as exc:
+        print(f"xaiproxy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - non-POSIX
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = create_app(settings)
+
+    async def announce(app: web.Application) -> None:
+        print(_banner(settings, app[GATEWAY].new_root_key), flush=True)
+
+    app.on_startup.append(announce)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_grace,
+        handler_cancellation=True,
+        access_log=None,
+        print=None,
+        loop=loop,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xaiproxy", description="A lean AI API gateway")
+    parser.add_argument("--version", action="version", version=f"xaiproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the gateway (options also read XAI_* variables)")
+    p.add_argument("--host", help="address to bind (XAI_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (XAI_PORT, default 8080)")
+    p.add_argument("--db", help="SQLite file (XAI_DB, default ./data/xaiproxy.db)")
+    p.add_argument("--config", help="TOML config file (XAI_CONFIG, default conf/xaiproxy.toml)")
+    p.set_defaults(func=serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

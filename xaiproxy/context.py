@@ -1,0 +1,43 @@
+"""The per-request object of the data plane: built once, passed down, queued at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .ownerconf import OwnerConfig
+    from .state import Account, ProviderKey
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    request: web.Request
+    request_id: str
+    started: float  # perf_counter at arrival
+    path: str
+    anthropic: bool = False  # protocol of the request (/v1/messages)
+    account: Account | None = None
+    config: OwnerConfig | None = None
+    body: bytes = b""
+    payload: Any = None  # parsed JSON body, when it is JSON
+    model: str = ""  # as the client asked
+    upstream_model: str = ""  # after MODEL_MAPPER
+    stream: bool = False
+    strip_usage: bool = False  # we asked for include_usage; the client did not
+    level: int = 0
+    key: ProviderKey | None = None
+    attempts: int = 0
+    reserved_n: int = 0
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False
+    cost: float = 0.0  # in the account's units
+    cost_n: int = 0  # nano base units
+    ttfb: float = 0.0  # seconds to the first byte sent to the client
+    error: str = ""  # error code when the request failed

@@ -1,0 +1,223 @@
+"""All money lives here: grants, balances, reservations, spending, transfers.
+
+Amounts are integers in nano base units (`_n`): 1e-9 of a dollar at Rates 1. An
+account's balance in its own units is base x Rates, so changing Rates rescales
+the balance without moving money. Every function changes memory synchronously
+(atomic on the event loop) and returns the store ops that make it durable; the
+caller submits them, with the rest of its unit, in one transaction.
+
+Invariant (checked by `audit`): sum of grant remainders + recorded spend + fees
+== what root minted net of what came back to it, all in base units.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+
+from .errors import ApiError
+from .state import Account, Grant, State
+from .store import Op
+
+NANO = 1_000_000_000
+DAY = 86400.0
+DEFAULT_DAYS = 365.0
+REFUND_DAYS = 180.0
+REFUND_FEE = 0.2  # base worth (USD at Rates 1) kept on every refund and delete
+UNLIMITED_N = 10**18
+
+
+def to_n(amount: float, rates: float) -> int:
+    """An amount in an account's own units -> nano base units."""
+    return round(amount / rates * NANO)
+
+
+def from_n(value_n: int, rates: float = 1.0) -> float:
+    return round(value_n * rates / NANO, 9)
+
+
+def balance_n(acc: Account, now: float | None = None) -> int:
+    if acc.is_root:
+        return UNLIMITED_N
+    now = time.time() if now is None else now
+    return sum(g.remaining_n for g in acc.grants if g.expires_at > now)
+
+
+def balance(acc: Account, now: float | None = None) -> float:
+    return from_n(balance_n(acc, now), acc.rates)
+
+
+def available_n(acc: Account) -> int:
+    return balance_n(acc) - acc.reserved_n
+
+
+# -- the data plane ----------------------------------------------------------
+def reserve(acc: Account, estimate_n: int, floor_n: int) -> bool:
+    """Hold an estimated cost if what remains stays at or above the floor."""
+    if acc.is_root:
+        return True
+    if balance_n(acc) - acc.reserved_n - estimate_n < floor_n:
+        return False
+    acc.reserved_n += estimate_n
+    return True
+
+
+def release(acc: Account, estimate_n: int) -> None:
+    if not acc.is_root:
+        acc.reserved_n -= estimate_n
+
+
+def spend(acc: Account, cost_n: int, now: float | None = None) -> list[Op]:
+    """Debit cost, soonest-expiring grant first; a shortfall becomes debt on the last one."""
+    if acc.is_root or cost_n <= 0:
+        return []
+    now = time.time() if now is None else now
+    return _draw(acc, cost_n, now, allow_debt=True)
+
+
+def _draw(acc: Account, amount_n: int, now: float, allow_debt: bool) -> list[Op]:
+    ops: list[Op] = []
+    left = amount_n
+    live = [g for g in acc.grants if g.expires_at > now]
+    for g in live:
+        if left <= 0:
+            break
+        take = min(g.remaining_n, left)
+        if take > 0:
+            g.remaining_n -= take
+            left -= take
+            ops.append(_grant_delta(g, take))
+    if left > 0:
+        if not allow_debt:
+            raise AssertionError("draw beyond balance")
+        g = live[-1] if live else (acc.grants[-1] if acc.grants else None)
+        if g is None:
+            g, op = new_grant(acc, 0, 0, "debt", now)
+            ops.append(op)
+        g.remaining_n -= left
+        ops.append(_grant_delta(g, left))
+    return ops
+
+
+def _grant_delta(g: Grant, take_n: int) -> Op:
+    # Deltas commute, so the order of queued units never matters.
+    return ("UPDATE grants SET remaining_n = remaining_n - ? WHERE id = ?", (take_n, g.id))
+
+
+# -- grants and movements (management) ----------------------------------------
+_state: State | None = None
+
+
+def bind(state: State) -> None:
+    """Grant ids come from the state's allocator (one process owns the store)."""
+    global _state
+    _state = state
+
+
+def new_grant(
+    acc: Account, amount_n: int, days: float, reference: str, now: float | None = None
+) -> tuple[Grant, Op]:
+    now = time.time() if now is None else now
+    days = DEFAULT_DAYS if days is None else days
+    g = Grant(
+        _state.next_id("grants"), acc.id, amount_n, amount_n, now, now + days * DAY, reference
+    )
+    bisect.insort(acc.grants, g, key=lambda x: x.expires_at)
+    op = (
+        "INSERT INTO grants (id, account_id, amount_n, remaining_n, granted_at, expires_at,"
+        " reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (g.id, acc.id, amount_n, amount_n, g.granted_at, g.expires_at, reference),
+    )
+    return g, op
+
+
+def _journal(src: Account, dst: Account, amount_n: int, fee_n: int, kind: str, op_id: int) -> Op:
+    return (
+        "INSERT INTO transfers (ts, from_id, to_id, amount_n, fee_n, kind, operator_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (time.time(), src.id, dst.id, amount_n, fee_n, kind, op_id),
+    )
+
+
+def check_amount(amount) -> float:
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
+        raise ApiError(400, "invalid_amount", "CreditGranted must be a finite number")
+    if abs(amount) > 1e9:
+        raise ApiError(400, "invalid_amount", "CreditGranted is too large (at most 1e9)")
+    return float(amount)
+
+
+def fund(
+    parent: Account, child: Account, amount: float, days: float | None, operator: Account, kind: str
+) -> list[Op]:
+    """Give `amount` (child's units) to child; parent pays the same base worth (root mints)."""
+    amount_n = to_n(amount, child.rates)
+    if amount_n <= 0:
+        raise ApiError(400, "invalid_amount", "the amount must be positive")
+    ops: list[Op] = []
+    if not parent.is_root:
+        if available_n(parent) < amount_n:
+            raise ApiError(
+                403,
+                "insufficient_balance",
+                f"your balance {balance(parent):.4f} cannot cover {from_n(amount_n, parent.rates):.4f}",
+            )
+        ops += _draw(parent, amount_n, time.time(), allow_debt=False)
+    _, op = new_grant(child, amount_n, DEFAULT_DAYS if days is None else days, kind)
+    ops.append(op)
+    ops.append(_journal(parent, child, amount_n, 0, kind, operator.id))
+    return ops
+
+
+def refund(
+    child: Account, parent: Account, amount: float | None, operator: Account, kind: str
+) -> tuple[list[Op], float]:
+    """Move `amount` (child's units; None = all) back to parent, less the fee, as a 180-day grant.
+
+    Returns the ops and what the parent received, in the parent's units.
+    """
+    now = time.time()
+    free_n = max(balance_n(child, now) - (0 if amount is None else child.reserved_n), 0)
+    amount_n = free_n if amount is None else to_n(amount, child.rates)
+    if amount_n > free_n:
+        raise ApiError(
+            400,
+            "insufficient_balance",
+            f"cannot refund {from_n(amount_n, child.rates):.4f}: the account holds "
+            f"{from_n(free_n, child.rates):.4f}",
+        )
+    if amount_n <= 0:
+        return [], 0.0
+    ops = _draw(child, amount_n, now, allow_debt=False)
+    fee_n = min(to_n(REFUND_FEE, 1.0), amount_n)
+    back_n = amount_n - fee_n
+    if back_n > 0 and not parent.is_root:
+        _, op = new_grant(parent, back_n, REFUND_DAYS, kind, now)
+        ops.append(op)
+    ops.append(_journal(child, parent, back_n, fee_n, kind, operator.id))
+    return ops, from_n(back_n, parent.rates)
+
+
+# -- audit ------------------------------------------------------------------
+async def audit(store) -> dict:
+    """Base-unit totals for the invariant; `ok` is True when nothing was lost or made."""
+    minted = await store.scalar(
+        "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE from_id = 1"
+    )
+    returned = await store.scalar(
+        "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE to_id = 1"
+    )
+    held = await store.scalar(
+        "SELECT COALESCE(SUM(remaining_n), 0) FROM grants WHERE account_id != 1"
+    )
+    spent = await store.scalar("SELECT COALESCE(SUM(cost_n), 0) FROM usage WHERE account_id != 1")
+    fees = await store.scalar("SELECT COALESCE(SUM(fee_n), 0) FROM transfers")
+    net = minted - returned
+    return {
+        "minted_n": net,
+        "held_n": held,
+        "spent_n": spent,
+        "fees_n": fees,
+        "ok": held + spent + fees == net,
+    }

@@ -1,0 +1,162 @@
+"""Versioned schema migrations, applied in order at start (PRAGMA user_version).
+
+Money columns ending in `_n` are integers in nano base units (1e-9 USD at Rates 1).
+Append new migrations at the end; never edit one that has shipped.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: the whole first schema
+    """
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        alias TEXT NOT NULL DEFAULT '',
+        billing_email TEXT NOT NULL DEFAULT '',
+        parent_id INTEGER,
+        dna TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        status INTEGER NOT NULL DEFAULT 1,
+        rates REAL NOT NULL DEFAULT 1.0,
+        factor REAL NOT NULL DEFAULT 1.0,
+        hard_limit REAL NOT NULL DEFAULT 0,
+        soft_limit REAL NOT NULL DEFAULT 0,
+        rpm INTEGER NOT NULL DEFAULT 0, rph INTEGER NOT NULL DEFAULT 0,
+        rpd INTEGER NOT NULL DEFAULT 0, tpm INTEGER NOT NULL DEFAULT 0,
+        tph INTEGER NOT NULL DEFAULT 0, tpd INTEGER NOT NULL DEFAULT 0,
+        allow_ips TEXT NOT NULL DEFAULT '',
+        allow_models TEXT NOT NULL DEFAULT '',
+        resources TEXT NOT NULL DEFAULT '',
+        model_limits TEXT NOT NULL DEFAULT '{}',
+        child_limit INTEGER NOT NULL DEFAULT 1000,
+        gear INTEGER NOT NULL DEFAULT 0,
+        role INTEGER NOT NULL DEFAULT 0,
+        tier INTEGER NOT NULL DEFAULT 0,
+        owner INTEGER NOT NULL DEFAULT 0,
+        credit_granted REAL NOT NULL DEFAULT 0,
+        key_hash TEXT NOT NULL UNIQUE,
+        key_prefix TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX accounts_parent ON accounts(parent_id);
+    CREATE INDEX accounts_dna ON accounts(dna);
+
+    CREATE TABLE grants (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        amount_n INTEGER NOT NULL,
+        remaining_n INTEGER NOT NULL,
+        granted_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        reference TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX grants_account ON grants(account_id, expires_at);
+
+    -- Journal of every money movement between accounts (root mints, fees burn).
+    CREATE TABLE transfers (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        from_id INTEGER NOT NULL,
+        to_id INTEGER NOT NULL,
+        amount_n INTEGER NOT NULL,
+        fee_n INTEGER NOT NULL DEFAULT 0,
+        kind TEXT NOT NULL,
+        operator_id INTEGER NOT NULL
+    );
+
+    CREATE TABLE provider_keys (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        level INTEGER NOT NULL DEFAULT 1,
+        provider TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        status INTEGER NOT NULL DEFAULT 1,
+        config TEXT NOT NULL DEFAULT '{}',
+        sleep_until REAL NOT NULL DEFAULT 0,
+        sleep_reason TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX provider_keys_owner ON provider_keys(owner_id, level);
+
+    CREATE TABLE owner_config (
+        owner_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (owner_id, key)
+    );
+    CREATE TABLE config_version (
+        owner_id INTEGER PRIMARY KEY,
+        version INTEGER NOT NULL
+    );
+
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        account_id INTEGER NOT NULL,
+        owner_id INTEGER NOT NULL,
+        dna TEXT NOT NULL,
+        model TEXT NOT NULL,
+        upstream_model TEXT NOT NULL DEFAULT '',
+        level INTEGER NOT NULL DEFAULT 0,
+        key_id INTEGER NOT NULL DEFAULT 0,
+        path TEXT NOT NULL DEFAULT '',
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        cost_n INTEGER NOT NULL DEFAULT 0,
+        status INTEGER NOT NULL DEFAULT 200,
+        latency_ms REAL NOT NULL DEFAULT 0,
+        estimated INTEGER NOT NULL DEFAULT 0,
+        request_id TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX usage_ts ON usage(ts);
+    CREATE INDEX usage_account_ts ON usage(account_id, ts);
+    CREATE INDEX usage_dna_ts ON usage(dna, ts);
+
+    CREATE TABLE op_logs (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        operator_id INTEGER NOT NULL,
+        target_id INTEGER NOT NULL DEFAULT 0,
+        action TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'success'
+    );
+    CREATE INDEX op_logs_operator ON op_logs(operator_id, id);
+    CREATE INDEX op_logs_target ON op_logs(target_id, id);
+
+    CREATE TABLE news (
+        id INTEGER PRIMARY KEY,
+        author_id INTEGER NOT NULL,
+        target_id INTEGER,          -- NULL with target_dna NULL = system news
+        target_dna TEXT,
+        title TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+
+    CREATE TABLE idempotency (
+        account_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        response BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (account_id, key)
+    );
+
+    -- Email alerts already sent, so each goes out once per period.
+    CREATE TABLE alerts_sent (
+        account_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        period TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        PRIMARY KEY (account_id, kind, period)
+    );
+    """,
+]

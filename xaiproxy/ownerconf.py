@@ -1,0 +1,215 @@
+"""Owner configuration (/x-config): parsing, validation, defaults and compiled form.
+
+Values are stored normalized (JSON) per owner. A batch is validated whole before
+anything changes; the data plane reads the compiled `OwnerConfig` only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from . import whitelists
+from .pricing import FIELDS as PRICE_FIELDS
+from .pricing import Prices
+
+LIMIT_FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
+NUMBER_DEFAULTS = {"USER_MIN_BALANCE": 2.0, "USER_API_BALANCE": 20.0, "LOW_BALANCE": 3.0}
+EMAIL_KEYS = ("XAI_MAIL", "EMAIL_SMTP", "EMAIL_PORT", "EMAIL_AUTH", "EMAIL_PASS", "EMAIL_TLS")
+SECRET_KEYS = ("EMAIL_PASS",)
+KEYS = (
+    "MODEL_MAPPER",
+    "LEVEL_MAPPER",
+    "SWITCH_OVER",
+    "RESOURCES",
+    "MODEL_LIMITS",
+    "PRICING",
+    *EMAIL_KEYS,
+    *NUMBER_DEFAULTS,
+)
+_MODEL_RE = re.compile(r"^[A-Za-z0-9_.:/@*?\[\]\-]{1,128}$")
+
+
+def _pairs(raw: Any, key: str) -> list[tuple[str, str]]:
+    if isinstance(raw, dict):
+        return [(str(k).strip(), str(v).strip()) for k, v in raw.items()]
+    if not isinstance(raw, str):
+        raise ValueError(f"{key} takes 'a=b, c=d' pairs or an object")
+    out = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        if item.count("=") != 1:
+            raise ValueError(f"{key}: {item.strip()!r} is not a k=v pair")
+        k, v = (s.strip() for s in item.split("="))
+        if not k or not v:
+            raise ValueError(f"{key}: {item.strip()!r} has an empty side")
+        out.append((k, v))
+    return out
+
+
+def _model(name: str, key: str) -> str:
+    if not _MODEL_RE.match(name):
+        raise ValueError(f"{key}: {name!r} is not a model name or pattern")
+    return name
+
+
+def _level(value: str, key: str) -> int:
+    if not str(value).isdigit() or not 0 <= int(value) <= 99:
+        raise ValueError(f"{key}: level {value!r} must be a whole number 0-99")
+    return int(value)
+
+
+def _json_object(raw: Any, key: str) -> dict:
+    if isinstance(raw, str):
+        if raw.strip() in ("*", "="):
+            return {"*": None}  # reset marker
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ValueError(f"{key} must be a JSON object (string or object)") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{key} must be a JSON object")
+    return raw
+
+
+def _numbers(entry: Any, allowed: tuple, key: str, model: str, integer: bool) -> dict:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{key}[{model!r}] must be an object like {{{allowed[0]!r}: 10}}")
+    out = {}
+    for name, value in entry.items():
+        if name not in allowed:
+            raise ValueError(f"{key}[{model!r}]: unknown field {name!r} (use {', '.join(allowed)})")
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < 0 or value > 1e12:
+            raise ValueError(f"{key}[{model!r}].{name} must be a number >= 0")
+        out[name] = int(value) if integer else float(value)
+    return out
+
+
+def _merge_models(raw, current, key, allowed, integer) -> dict:
+    """MODEL_LIMITS / PRICING: objects merge into what is there; '*' or '=' resets."""
+    obj = _json_object(raw, key)
+    if obj == {"*": None}:
+        return {}
+    merged = dict(current or {})
+    for model, entry in obj.items():
+        model = _model(str(model), key)
+        if entry is None:
+            merged.pop(model, None)
+        else:
+            merged[model] = _numbers(entry, allowed, key, model, integer)
+    return merged
+
+
+def normalize(key: str, raw: Any, current: Any = None) -> Any:
+    """Validate one key's new value; return its stored form. ValueError says what is wrong."""
+    if key == "MODEL_MAPPER":
+        return {_model(k, key): _model(v, key) for k, v in _pairs(raw, key)}
+    if key == "LEVEL_MAPPER":
+        return {_model(k, key): _level(v, key) for k, v in _pairs(raw, key)}
+    if key == "SWITCH_OVER":
+        out = {str(_level(k, key)): _level(v, key) for k, v in _pairs(raw, key)}
+        for k, v in out.items():
+            if int(k) == v:
+                raise ValueError(f"SWITCH_OVER: level {k} cannot switch over to itself")
+        return out
+    if key == "RESOURCES":
+        items = list(raw) if isinstance(raw, dict) else whitelists.split(raw)
+        for item in items:
+            whitelists.validate_path(item)
+        return {p: {} for p in items}
+    if key == "MODEL_LIMITS":
+        return _merge_models(raw, current, key, LIMIT_FIELDS, True)
+    if key == "PRICING":
+        return _merge_models(raw, current, key, PRICE_FIELDS, False)
+    if key in NUMBER_DEFAULTS:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number") from None
+        if isinstance(raw, bool) or not math.isfinite(value) or not 0 <= value <= 1e9:
+            raise ValueError(f"{key} must be a number from 0 to 1e9")
+        return value
+    if key == "EMAIL_PORT":
+        if not str(raw).isdigit() or not 0 < int(raw) < 65536:
+            raise ValueError("EMAIL_PORT must be a port number 1-65535")
+        return int(raw)
+    if key == "EMAIL_TLS":
+        text = str(raw).strip().lower()
+        if text not in ("true", "false", "1", "0", "starttls", "tls", "none", ""):
+            raise ValueError("EMAIL_TLS takes true (implicit TLS), starttls or false")
+        return {"1": "true", "tls": "true", "0": "false", "none": "false", "": "false"}.get(
+            text, text
+        )
+    if key in EMAIL_KEYS:
+        if not isinstance(raw, str | int) or len(str(raw)) > 512:
+            raise ValueError(f"{key} must be a string of at most 512 characters")
+        return str(raw).strip()
+    raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
+
+
+def apply_batch(values: dict, body: dict) -> dict:
+    """The whole new value set, or ValueError naming the first bad key; `values` is untouched."""
+    if not isinstance(body, dict) or not body:
+        raise ValueError("send a JSON object of config keys to set")
+    new = dict(values)
+    for key, raw in body.items():
+        new[key] = normalize(key, raw, values.get(key))
+    return new
+
+
+def _glob_list(mapping: dict) -> list[tuple[Any, str, Any]]:
+    return [(re.compile(fnmatch.translate(k)).match, k, v) for k, v in mapping.items()]
+
+
+@dataclass(slots=True)
+class OwnerConfig:
+    owner_id: int
+    version: int = 0
+    values: dict = field(default_factory=dict)
+    prices: Prices | None = None
+    model_mapper: list = field(default_factory=list)
+    level_mapper: list = field(default_factory=list)
+    switch_over: dict = field(default_factory=dict)
+    resource_match: Any = None
+    model_limits: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, owner_id: int, version: int, values: dict, base_prices: Prices) -> OwnerConfig:
+        resources = values.get("RESOURCES") or {}
+        return cls(
+            owner_id=owner_id,
+            version=version,
+            values=values,
+            prices=base_prices.overlay(values.get("PRICING") or {}),
+            model_mapper=_glob_list(values.get("MODEL_MAPPER") or {}),
+            level_mapper=_glob_list(values.get("LEVEL_MAPPER") or {}),
+            switch_over={int(k): int(v) for k, v in (values.get("SWITCH_OVER") or {}).items()},
+            resource_match=whitelists.compile_globs(" ".join(resources)),
+            model_limits=values.get("MODEL_LIMITS") or {},
+        )
+
+    def number(self, key: str) -> float:
+        return float(self.values.get(key, NUMBER_DEFAULTS[key]))
+
+    def map_model(self, model: str) -> str:
+        for match, _pattern, target in self.model_mapper:
+            if match(model):
+                return target
+        return model
+
+    def level_of(self, model: str) -> int:
+        for match, _pattern, level in self.level_mapper:
+            if match(model):
+                return level
+        return 1
+
+    def public(self) -> dict:
+        """What GET /x-config shows: everything but secrets."""
+        return {k: ("********" if k in SECRET_KEYS else v) for k, v in self.values.items()}

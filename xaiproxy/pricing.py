@@ -1,0 +1,80 @@
+"""Price table: USD per million tokens, looked up by the model actually sent upstream."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+
+FIELDS = ("input", "output", "cached_input", "cache_write")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input: float
+    output: float
+    cached_input: float
+    cache_write: float
+
+    @classmethod
+    def of(cls, entry: dict) -> Price:
+        inp = float(entry.get("input", 0.0))
+        return cls(
+            inp,
+            float(entry.get("output", 0.0)),
+            float(entry.get("cached_input", inp)),
+            float(entry.get("cache_write", inp)),
+        )
+
+
+FREE = Price(0.0, 0.0, 0.0, 0.0)
+
+
+class Prices:
+    """Exact name first, then the longest matching glob, then "*"; cached per model name."""
+
+    def __init__(self, table: dict[str, dict]) -> None:
+        self.table = table
+        self._exact = {k: Price.of(v) for k, v in table.items() if not _is_glob(k)}
+        globs = [(k, Price.of(v)) for k, v in table.items() if _is_glob(k) and k != "*"]
+        self._globs = sorted(globs, key=lambda kv: -len(kv[0]))
+        self._fallback = Price.of(table["*"]) if "*" in table else FREE
+        self._cache: dict[str, Price] = {}
+
+    def __call__(self, model: str) -> Price:
+        price = self._cache.get(model)
+        if price is None:
+            price = self._exact.get(model) or next(
+                (p for pat, p in self._globs if fnmatch.fnmatchcase(model, pat)), self._fallback
+            )
+            if len(self._cache) < 10_000:
+                self._cache[model] = price
+        return price
+
+    def overlay(self, overrides: dict[str, dict]) -> Prices:
+        return Prices({**self.table, **overrides}) if overrides else self
+
+    def models(self) -> list[str]:
+        return sorted(k for k in self.table if not _is_glob(k))
+
+
+def _is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def load(path: str) -> Prices:
+    with open(path, "rb") as fh:
+        return Prices(tomllib.load(fh))
+
+
+def cost_usd(
+    price: Price, prompt: int, completion: int, cached: int, cache_write: int = 0
+) -> float:
+    """List-price cost of one call; cached and cache-write tokens are part of `prompt`."""
+    plain = max(prompt - cached - cache_write, 0)
+    return (
+        plain * price.input
+        + cached * price.cached_input
+        + cache_write * price.cache_write
+        + completion * price.output
+    ) / 1_000_000

@@ -1,0 +1,5 @@
+"""The data plane (being written)."""
+
+
+def setup(app, gw) -> None:
+    pass

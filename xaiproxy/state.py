@@ -1,0 +1,303 @@
+"""In-memory state the data plane reads: accounts, grants, provider keys, owner configs.
+
+Loaded from the store at start and kept current by the management plugins, which
+change it here first and then persist through the store's writer. Lookups of an
+identifier (ID, name or email) and the special filters (L2, G1, R0, T3, F1) live here
+so every plugin answers "outside your subtree" the same way: 404.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from . import whitelists
+from .errors import ApiError
+
+ACCOUNT_COLUMNS = [
+    "id",
+    "name",
+    "email",
+    "alias",
+    "billing_email",
+    "parent_id",
+    "dna",
+    "level",
+    "status",
+    "rates",
+    "factor",
+    "hard_limit",
+    "soft_limit",
+    "rpm",
+    "rph",
+    "rpd",
+    "tpm",
+    "tph",
+    "tpd",
+    "allow_ips",
+    "allow_models",
+    "resources",
+    "model_limits",
+    "child_limit",
+    "gear",
+    "role",
+    "tier",
+    "owner",
+    "credit_granted",
+    "key_hash",
+    "key_prefix",
+    "created_at",
+    "updated_at",
+]
+KEY_COLUMNS = [
+    "id",
+    "owner_id",
+    "name",
+    "level",
+    "provider",
+    "secret",
+    "status",
+    "config",
+    "sleep_until",
+    "sleep_reason",
+    "created_at",
+    "updated_at",
+]
+FILTER_RE = re.compile(r"^([LGRTF])(\d+(?:\.\d+)?)$")
+FILTER_FIELDS = {"L": "level", "G": "gear", "R": "role", "T": "tier", "F": "factor"}
+
+
+@dataclass(slots=True)
+class Grant:
+    id: int
+    account_id: int
+    amount_n: int
+    remaining_n: int
+    granted_at: float
+    expires_at: float
+    reference: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class Account:
+    id: int
+    name: str
+    email: str
+    key_hash: str
+    key_prefix: str
+    dna: str
+    level: int
+    parent_id: int | None = None
+    alias: str = ""
+    billing_email: str = ""
+    status: bool = True
+    rates: float = 1.0
+    factor: float = 1.0
+    hard_limit: float = 0.0
+    soft_limit: float = 0.0
+    rpm: int = 0
+    rph: int = 0
+    rpd: int = 0
+    tpm: int = 0
+    tph: int = 0
+    tpd: int = 0
+    allow_ips: str = ""
+    allow_models: str = ""
+    resources: str = ""
+    model_limits: dict = field(default_factory=dict)
+    child_limit: int = 1000
+    gear: int = 0
+    role: int = 0
+    tier: int = 0
+    owner: bool = False
+    credit_granted: float = 0.0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    # -- runtime only ---------------------------------------------------
+    parent: Account | None = None
+    children: dict[int, Account] = field(default_factory=dict)
+    chain: tuple[Account, ...] = ()  # root .. self
+    owner_acc: Account | None = None  # nearest owner, ancestor-or-self
+    grants: list[Grant] = field(default_factory=list)  # soonest expiry first
+    reserved_n: int = 0  # estimated cost of requests in flight
+    month: str = ""  # "YYYY-MM" that month_spend counts
+    month_spend: float = 0.0  # in the account's own units
+    ip_nets: tuple | None = None
+    model_match: Any = None
+    resource_match: Any = None
+    limiter: Any = None  # limits.AccountLimits, attached lazily by the data plane
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent_id is None
+
+    def row(self) -> dict:
+        """The account as store columns."""
+        values = {c: getattr(self, c) for c in ACCOUNT_COLUMNS}
+        values["model_limits"] = orjson.dumps(self.model_limits).decode()
+        values["status"] = int(self.status)
+        values["owner"] = int(self.owner)
+        return values
+
+    def compile(self) -> None:
+        """Rebuild matchers after a whitelist changes."""
+        self.ip_nets = whitelists.compile_ips(self.allow_ips)
+        self.model_match = whitelists.compile_globs(self.allow_models)
+        self.resource_match = whitelists.compile_globs(self.resources)
+
+    def is_descendant_of(self, other: Account) -> bool:
+        return self is not other and self.dna.startswith(other.dna)
+
+    def enabled(self) -> bool:
+        return all(a.status for a in self.chain)
+
+
+@dataclass(slots=True, eq=False)
+class ProviderKey:
+    id: int
+    owner_id: int
+    provider: str
+    secret: str  # plain text in memory, sealed in the store
+    name: str = ""
+    level: int = 1
+    status: bool = True
+    config: dict = field(default_factory=dict)
+    sleep_until: float = 0.0
+    sleep_reason: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def awake(self, now: float) -> bool:
+        return self.status and self.sleep_until <= now
+
+
+class State:
+    """Everything the data plane needs, in memory. Single event loop: no locks."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[int, Account] = {}
+        self.by_key: dict[str, Account] = {}
+        self.by_name: dict[str, Account] = {}
+        self.by_email: dict[str, Account] = {}
+        self.keys: dict[int, ProviderKey] = {}
+        self.configs: dict[int, Any] = {}  # owner id -> ownerconf.OwnerConfig
+        self.keys_version = 0  # bumped on every provider-key change; routing caches on it
+        self._next_ids: dict[str, int] = {}
+
+    # -- id allocation (one process owns the store) ------------------------
+    def next_id(self, table: str) -> int:
+        value = self._next_ids.get(table, 1)
+        self._next_ids[table] = value + 1
+        return value
+
+    def seed_id(self, table: str, max_id: int | None) -> None:
+        self._next_ids[table] = max(self._next_ids.get(table, 1), (max_id or 0) + 1)
+
+    # -- accounts ----------------------------------------------------------
+    @property
+    def root(self) -> Account:
+        return self.accounts[1]
+
+    def add_account(self, acc: Account) -> None:
+        self.accounts[acc.id] = acc
+        self.by_key[acc.key_hash] = acc
+        self.by_name[acc.name.lower()] = acc
+        self.by_email[acc.email.lower()] = acc
+        acc.compile()
+        if acc.parent_id is not None:
+            acc.parent = self.accounts[acc.parent_id]
+            acc.parent.children[acc.id] = acc
+        self.relink(acc)
+
+    def remove_account(self, acc: Account) -> None:
+        self.accounts.pop(acc.id, None)
+        self.by_key.pop(acc.key_hash, None)
+        self.by_name.pop(acc.name.lower(), None)
+        self.by_email.pop(acc.email.lower(), None)
+        if acc.parent is not None:
+            acc.parent.children.pop(acc.id, None)
+
+    def rename(self, acc: Account, name: str | None = None, email: str | None = None) -> None:
+        if name is not None:
+            self.by_name.pop(acc.name.lower(), None)
+            acc.name = name
+            self.by_name[name.lower()] = acc
+        if email is not None:
+            self.by_email.pop(acc.email.lower(), None)
+            acc.email = email
+            self.by_email[email.lower()] = acc
+
+    def set_key(self, acc: Account, key_hash: str, key_prefix: str) -> None:
+        self.by_key.pop(acc.key_hash, None)
+        acc.key_hash, acc.key_prefix = key_hash, key_prefix
+        self.by_key[key_hash] = acc
+
+    def reparent(self, acc: Account, parent: Account) -> None:
+        if acc.parent is not None:
+            acc.parent.children.pop(acc.id, None)
+        acc.parent, acc.parent_id = parent, parent.id
+        parent.children[acc.id] = acc
+        self.relink(acc)
+
+    def relink(self, acc: Account) -> None:
+        """Recompute chain, DNA, level and owner for acc and its whole subtree."""
+        parent = acc.parent
+        acc.chain = (*parent.chain, acc) if parent else (acc,)
+        acc.dna = f"{parent.dna}{acc.id}." if parent else f".{acc.id}."
+        acc.level = len(acc.chain) - 1
+        acc.owner_acc = acc if (acc.owner or parent is None) else parent.owner_acc
+        for child in acc.children.values():
+            self.relink(child)
+
+    def subtree(self, acc: Account) -> list[Account]:
+        out, stack = [], list(acc.children.values())
+        while stack:
+            a = stack.pop()
+            out.append(a)
+            stack.extend(a.children.values())
+        return out
+
+    def find(self, ident: str) -> Account | None:
+        """ID, name or email, anywhere in the tree."""
+        ident = str(ident).strip()
+        if ident.isdigit() and len(ident) < 19:
+            return self.accounts.get(int(ident))
+        return self.by_name.get(ident.lower()) or self.by_email.get(ident.lower())
+
+    def descendant(self, caller: Account, ident: str, what: str = "account") -> Account:
+        """The account `ident` names, if it is below `caller`; 404 otherwise."""
+        acc = self.find(ident)
+        if acc is None or not acc.is_descendant_of(caller):
+            raise ApiError(404, "not_found", f"{what} {str(ident)[:64]!r} not found")
+        return acc
+
+    def select(self, caller: Account, ident: str) -> list[Account] | None:
+        """Accounts below caller that a special filter (L2, G1, R0, T3, F1.5) names, else None."""
+        m = FILTER_RE.match(str(ident).strip())
+        if not m:
+            return None
+        attr, value = FILTER_FIELDS[m.group(1)], float(m.group(2))
+        return [a for a in self.subtree(caller) if float(getattr(a, attr)) == value]
+
+    # -- provider keys -----------------------------------------------------
+    def put_key(self, key: ProviderKey) -> None:
+        self.keys[key.id] = key
+        self.keys_version += 1
+
+    def drop_key(self, key_id: int) -> None:
+        self.keys.pop(key_id, None)
+        self.keys_version += 1
+
+    def owner_keys(self, owner_id: int) -> list[ProviderKey]:
+        return [k for k in self.keys.values() if k.owner_id == owner_id]
+
+    def pool(self, owner_id: int, level: int) -> list[ProviderKey]:
+        return [k for k in self.keys.values() if k.owner_id == owner_id and k.level == level]
+
+
+def now() -> float:
+    return time.time()
