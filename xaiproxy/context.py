@@ -41,3 +41,6 @@ class RequestContext:
     cost_n: int = 0  # nano base units
     ttfb: float = 0.0  # seconds to the first byte sent to the client
     error: str = ""  # error code when the request failed
+    # One (key_id, level, outcome) per upstream attempt; outcome is the HTTP status,
+    # or "connect_error" / "timeout" / "reset".
+    attempt_log: list | None = None

@@ -49,6 +49,9 @@ class Hooks:
     # fn(ctx: RequestContext) -> None; fires once per request after its usage is billed
     # and queued. Synchronous and must not block: schedule slow work as a task.
     on_usage: list[Callable[[RequestContext], None]] = field(default_factory=list)
+    # fn(ctx: RequestContext) -> None; fires once at the end of EVERY data-plane request,
+    # refused ones included (ctx.status, ctx.error set). Synchronous, must not block.
+    on_request_end: list[Callable[[RequestContext], None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
