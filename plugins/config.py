@@ -1,5 +1,113 @@
-"""(being written)"""
+"""Owner configuration: GET/PUT/POST/DELETE /x-config and the /x-conf overview (owners only)."""
+
+from __future__ import annotations
+
+import time
+
+from xaiproxy import ownerconf
+from xaiproxy.errors import ApiError
+
+from .keys import public as public_key
+
+UPDATE_BODY = {
+    "type": "object",
+    "properties": {k: {} for k in ownerconf.KEYS},
+    "minProperties": 1,
+    "additionalProperties": False,
+}
+DELETE_BODY = {
+    "type": "object",
+    "properties": {
+        "keys": {
+            "type": "array",
+            "items": {"type": "string", "enum": list(ownerconf.KEYS)},
+            "minItems": 1,
+            "maxItems": len(ownerconf.KEYS),
+        }
+    },
+    "required": ["keys"],
+    "additionalProperties": False,
+}
+
+
+def _answer(call, cfg) -> dict:
+    return {"success": True, "oid": cfg.owner_id, "version": cfg.version, "configs": cfg.public()}
+
+
+async def get_config(call):
+    return call.json(_answer(call, call.gw.config(call.caller.id)))
+
+
+async def update_config(call):
+    gw, caller = call.gw, call.caller
+    current = gw.config(caller.id)
+    try:
+        values = ownerconf.apply_batch(current.values, call.body)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_config", str(exc)) from None
+    log = gw.oplog(caller, "update_config", caller.id, "set " + ", ".join(sorted(call.body)))
+    cfg = await gw.save_config(caller.id, values, [log])
+    return call.json(_answer(call, cfg))
+
+
+async def delete_config(call):
+    gw, caller = call.gw, call.caller
+    keys = call.body["keys"]
+    values = {k: v for k, v in gw.config(caller.id).values.items() if k not in keys}
+    log = gw.oplog(caller, "delete_config", caller.id, "reset " + ", ".join(sorted(keys)))
+    cfg = await gw.save_config(caller.id, values, [log])
+    return call.json({**_answer(call, cfg), "deleted": sorted(keys)})
+
+
+async def overview(call):
+    gw, caller = call.gw, call.caller
+    cfg = gw.config(caller.id)
+    now = time.time()
+    keys = sorted(gw.state.owner_keys(caller.id), key=lambda k: k.id)
+    levels: dict[int, dict] = {}
+    for key in keys:
+        row = levels.setdefault(key.level, {"total": 0, "enabled": 0, "awake": 0})
+        row["total"] += 1
+        row["enabled"] += key.status
+        row["awake"] += key.awake(now)
+    return call.json(
+        {
+            **_answer(call, cfg),
+            "keys": [public_key(k, now) for k in keys],
+            "sleeping": [k.id for k in keys if k.sleep_until > now],
+            "disabled": [k.id for k in keys if not k.status],
+            "levels": levels,
+            "UserMinBalance": cfg.number("USER_MIN_BALANCE"),
+            "UserApiBalance": cfg.number("USER_API_BALANCE"),
+            "LowBalance": cfg.number("LOW_BALANCE"),
+        }
+    )
 
 
 def setup(gw) -> None:
-    pass
+    opts = {"owner_only": True, "tag": "config"}
+    gw.route("GET", "/x-config", get_config, summary="The owner's config", **opts)
+    for method in ("PUT", "POST"):
+        gw.route(
+            method,
+            "/x-config",
+            update_config,
+            summary="Update config keys (all or nothing)",
+            body=UPDATE_BODY,
+            **opts,
+        )
+    gw.route(
+        "DELETE",
+        "/x-config",
+        delete_config,
+        summary="Restore config keys to defaults",
+        body=DELETE_BODY,
+        **opts,
+    )
+    gw.route(
+        "GET",
+        "/x-conf",
+        overview,
+        summary="Owner overview: config, keys and their state, thresholds",
+        **opts,
+    )

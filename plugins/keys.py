@@ -1,5 +1,284 @@
-"""(being written)"""
+"""Provider keys: /x-gkey, /x-keys (owners only). Secrets are shown masked, never whole."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from urllib.parse import urlsplit
+
+import orjson
+
+from xaiproxy import credentials
+from xaiproxy.errors import ApiError
+from xaiproxy.state import ProviderKey
+
+from ._paging import PAGING_QUERY, page
+
+# Model families a provider serves, to extend LEVEL_MAPPER when a key is added.
+FAMILIES = {
+    "openai.com": ("gpt*", "o*", "text-embedding*", "dall-e*", "whisper*", "tts*"),
+    "anthropic.com": ("claude*",),
+    "googleapis.com": ("gemini*",),
+    "deepseek.com": ("deepseek*",),
+    "mistral.ai": ("mistral*", "codestral*"),
+    "x.ai": ("grok*",),
+}
+KEY_FIELDS = {
+    "SecretKey": {
+        "type": "string",
+        "minLength": 20,
+        "maxLength": 1024,
+        "pattern": r"^[\x21-\x7e]+$",
+    },
+    "Name": {"type": "string", "maxLength": 100},
+    "Level": {"type": "integer", "minimum": 0, "maximum": 99},
+    "Provider": {"type": "string", "minLength": 8, "maxLength": 500},
+    "Status": {"type": "boolean"},
+    "Config": {"type": "object"},
+}
+ADD_BODY = {
+    "type": "object",
+    "properties": KEY_FIELDS,
+    "required": ["SecretKey", "Level", "Provider"],
+    "additionalProperties": False,
+}
+UPDATE_BODY = {
+    "type": "object",
+    "properties": KEY_FIELDS,
+    "minProperties": 1,
+    "additionalProperties": False,
+}
+LIST_QUERY = {
+    "type": "object",
+    "properties": {
+        **PAGING_QUERY,
+        "level": {"type": "string", "pattern": "^[0-9]{1,2}$"},
+        "provider": {"type": "string", "maxLength": 500},
+    },
+    "additionalProperties": False,
+}
+
+
+def public(key: ProviderKey, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    return {
+        "ID": key.id,
+        "Name": key.name,
+        "Level": key.level,
+        "Provider": key.provider,
+        "SecretKey": credentials.mask(key.secret),
+        "Status": key.status,
+        "Sleeping": key.sleep_until > now,
+        "SleepUntil": key.sleep_until if key.sleep_until > now else 0,
+        "SleepReason": key.sleep_reason if key.sleep_until > now else "",
+        "Config": key.config,
+        "CreatedAt": key.created_at,
+        "UpdatedAt": key.updated_at,
+    }
+
+
+def _private(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
+    )
+
+
+async def check_provider(gw, caller, url: str) -> str:
+    """http(s) only; loopback/private targets only for root or with XAI_ALLOW_PRIVATE_PROVIDERS."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(
+            400, "invalid_provider", "Provider must be an http(s) URL like https://api.openai.com"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ApiError(
+            400, "invalid_provider", "Provider must not carry credentials, a query or a fragment"
+        )
+    if caller.is_root or gw.settings.allow_private_providers:
+        return url.strip().rstrip("/")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
+    except (socket.gaierror, UnicodeError):
+        raise ApiError(
+            400, "invalid_provider", f"cannot resolve the provider host {parts.hostname!r}"
+        ) from None
+    if any(_private(info[4][0]) for info in infos):
+        raise ApiError(
+            403, "provider_not_allowed", "only root may use a loopback or private provider address"
+        )
+    return url.strip().rstrip("/")
+
+
+def _families(provider: str) -> tuple[str, ...]:
+    host = urlsplit(provider).hostname or ""
+    return next(
+        (pats for dom, pats in FAMILIES.items() if host == dom or host.endswith("." + dom)), ()
+    )
+
+
+def extend_level_mapper(cfg, provider: str, level: int) -> dict | None:
+    """LEVEL_MAPPER entries for the provider's families that no existing mapping covers yet."""
+    current = dict(cfg.values.get("LEVEL_MAPPER") or {})
+    added = {}
+    for pattern in _families(provider):
+        sample = pattern.rstrip("*") or pattern
+        if not any(match(sample) for match, _p, _l in cfg.level_mapper) and pattern not in current:
+            added[pattern] = level
+    return {**current, **added} if added else None
+
+
+def _owned(call, ident: str) -> ProviderKey:
+    key = call.gw.state.keys.get(int(ident)) if ident.isdigit() and len(ident) < 12 else None
+    if key is None or key.owner_id != call.caller.id:
+        raise ApiError(404, "not_found", f"key {ident[:40]!r} not found")
+    return key
+
+
+def _row(key: ProviderKey, box) -> tuple:
+    return (
+        key.id,
+        key.owner_id,
+        key.name,
+        key.level,
+        key.provider,
+        box.seal(key.secret),
+        int(key.status),
+        orjson.dumps(key.config).decode(),
+        key.sleep_until,
+        key.sleep_reason,
+        key.created_at,
+        key.updated_at,
+    )
+
+
+UPSERT = (
+    "INSERT OR REPLACE INTO provider_keys (id, owner_id, name, level, provider, secret, status,"
+    " config, sleep_until, sleep_reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+async def gkey(call):
+    return call.json({"success": True, "key": credentials.generate_key()})
+
+
+async def add_key(call):
+    gw, body, caller = call.gw, call.body, call.caller
+    provider = await check_provider(gw, caller, body["Provider"])
+    now = time.time()
+    key = ProviderKey(
+        id=gw.state.next_id("provider_keys"),
+        owner_id=caller.id,
+        provider=provider,
+        secret=body["SecretKey"],
+        name=body.get("Name", ""),
+        level=body["Level"],
+        status=body.get("Status", True),
+        config=body.get("Config", {}),
+        created_at=now,
+        updated_at=now,
+    )
+    gw.state.put_key(key)
+    ops = [
+        (UPSERT, _row(key, gw.box)),
+        gw.oplog(caller, "add_key", key.id, f"level {key.level} {provider}"),
+    ]
+    cfg = gw.config(caller.id)
+    mapper = extend_level_mapper(cfg, provider, key.level)
+    if mapper is not None:
+        await gw.save_config(caller.id, {**cfg.values, "LEVEL_MAPPER": mapper}, ops)
+    else:
+        await gw.store.write(ops)
+    return call.json(
+        {"success": True, "Action": "add", "Key": public(key), "LevelMapper": mapper or {}},
+        status=201,
+    )
+
+
+async def update_key(call):
+    gw, body = call.gw, call.body
+    key = _owned(call, call.param("id"))
+    provider = (
+        await check_provider(gw, call.caller, body["Provider"]) if "Provider" in body else None
+    )
+    fields = {
+        "Name": "name",
+        "Level": "level",
+        "Status": "status",
+        "SecretKey": "secret",
+        "Config": "config",
+    }
+    for field, attr in fields.items():
+        if field in body:
+            setattr(key, attr, body[field])
+    if provider:
+        key.provider = provider
+    if body.get("Status") is True:
+        key.sleep_until, key.sleep_reason = 0.0, ""  # re-enabling wakes a sleeping key
+    key.updated_at = time.time()
+    gw.state.put_key(key)
+    changed = ", ".join(
+        sorted(f for f in body if f != "SecretKey") + (["SecretKey"] if "SecretKey" in body else [])
+    )
+    await gw.store.write(
+        [
+            (UPSERT, _row(key, gw.box)),
+            gw.oplog(call.caller, "update_key", key.id, f"changed {changed}"),
+        ]
+    )
+    return call.json({"success": True, "Action": "update", "Key": public(key)})
+
+
+async def list_keys(call):
+    gw, query = call.gw, call.query
+    ident = call.param("id")
+    keys = sorted(gw.state.owner_keys(call.caller.id), key=lambda k: k.id)
+    if ident:
+        if ident.isdigit():
+            return call.json(public(_owned(call, ident)))
+        if ident[:1] == "L" and ident[1:].isdigit():
+            keys = [k for k in keys if k.level == int(ident[1:])]
+        else:
+            keys = [k for k in keys if (urlsplit(k.provider).hostname or "") == ident.lower()]
+    if "level" in query:
+        keys = [k for k in keys if k.level == int(query["level"])]
+    if "provider" in query:
+        want = query["provider"].rstrip("/")
+        keys = [k for k in keys if k.provider == want or urlsplit(k.provider).hostname == want]
+    now = time.time()
+    items, headers = page([public(k, now) for k in keys], query)
+    return call.json(items, headers=headers)
+
+
+async def delete_key(call):
+    gw = call.gw
+    key = _owned(call, call.param("id"))
+    gw.state.drop_key(key.id)
+    await gw.store.write(
+        [
+            ("DELETE FROM provider_keys WHERE id = ?", (key.id,)),
+            gw.oplog(call.caller, "delete_key", key.id, f"level {key.level} {key.provider}"),
+        ]
+    )
+    return call.json({"success": True, "Action": "delete", "Key": {"ID": key.id}})
 
 
 def setup(gw) -> None:
-    pass
+    opts = {"owner_only": True, "tag": "keys"}
+    gw.route("GET", "/x-gkey", gkey, summary="Generate a fresh client key (not stored)", tag="keys")
+    gw.route("POST", "/x-keys", add_key, summary="Add a provider key", body=ADD_BODY, **opts)
+    gw.route(
+        "PUT", "/x-keys/{id}", update_key, summary="Update a provider key", body=UPDATE_BODY, **opts
+    )
+    gw.route("GET", "/x-keys", list_keys, summary="List provider keys", query=LIST_QUERY, **opts)
+    gw.route(
+        "GET",
+        "/x-keys/{id}",
+        list_keys,
+        summary="One key, keys at L{n}, or keys of a host",
+        query=LIST_QUERY,
+        **opts,
+    )
+    gw.route("DELETE", "/x-keys/{id}", delete_key, summary="Delete a provider key", **opts)

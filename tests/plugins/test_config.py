@@ -1,0 +1,135 @@
+"""/x-config and /x-conf: the seed's formats, atomic batches, versions, defaults, secrets hidden."""
+
+import pytest
+
+from tests.helpers import start_gateway
+
+SEED_BODY = {
+    "MODEL_MAPPER": "gpt-3.5*=gpt-4o-mini, o*=gpt-4o",
+    "LEVEL_MAPPER": "gpt-4*=2, claude*=3",
+    "SWITCH_OVER": "1=2,2=3",
+    "RESOURCES": "/v1/chat/completions, /v1/embeddings",
+    "MODEL_LIMITS": '{\n "gpt-4o": {"rpm": 30, "tpm": 90000}\n}',
+    "EMAIL_SMTP": "smtp.gmail.com",
+    "EMAIL_TLS": "true",
+}
+
+
+async def test_seed_update_then_get(api):
+    r = await api.put("/x-config", SEED_BODY)
+    assert r.status == 200, r.body
+    got = (await api.get("/x-config")).body
+    assert got["success"] is True and got["oid"] == 1 and got["version"] == 1
+    c = got["configs"]
+    assert c["MODEL_MAPPER"] == {"gpt-3.5*": "gpt-4o-mini", "o*": "gpt-4o"}
+    assert c["LEVEL_MAPPER"] == {"gpt-4*": 2, "claude*": 3}
+    assert c["SWITCH_OVER"] == {"1": 2, "2": 3}
+    assert c["RESOURCES"] == {"/v1/chat/completions": {}, "/v1/embeddings": {}}
+    assert c["MODEL_LIMITS"] == {"gpt-4o": {"rpm": 30, "tpm": 90000}}
+    assert c["EMAIL_TLS"] == "true"
+    cfg = api.gw.config(1)
+    assert cfg.map_model("gpt-3.5-turbo") == "gpt-4o-mini" and cfg.level_of("claude-x") == 3
+    assert cfg.switch_over == {1: 2, 2: 3}
+
+
+async def test_post_works_like_put(api):
+    r = await api.post("/x-config", {"LEVEL_MAPPER": {"gpt-4*": 2}})
+    assert r.status == 200 and r.body["configs"]["LEVEL_MAPPER"] == {"gpt-4*": 2}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"LEVEL_MAPPER": "gpt-4*=two"},
+        {"MODEL_MAPPER": "nopair"},
+        {"SWITCH_OVER": "1=1"},
+        {"RESOURCES": "/v1/../etc"},
+        {"MODEL_LIMITS": "{not json"},
+        {"MODEL_LIMITS": {"gpt-4o": {"rpm": -1}}},
+        {"MODEL_LIMITS": {"gpt-4o": {"bogus": 1}}},
+        {"PRICING": {"gpt-4o": {"input": "cheap"}}},
+        {"EMAIL_PORT": "99999"},
+        {"UNKNOWN_KEY": "x"},
+        {"USER_MIN_BALANCE": "NaN"},
+    ],
+)
+async def test_batch_is_all_or_nothing(api, bad):
+    await api.put("/x-config", {"MODEL_MAPPER": "a*=b"})
+    r = await api.put("/x-config", {"LEVEL_MAPPER": "x*=5", **bad})
+    assert r.status == 400, r.body
+    assert r.body["error"]["type"] == "invalid_request_error"
+    cfg = api.gw.config(1)
+    assert cfg.version == 1 and "LEVEL_MAPPER" not in cfg.values
+
+
+async def test_model_limits_and_pricing_merge_and_reset(api):
+    await api.put(
+        "/x-config", {"MODEL_LIMITS": {"gpt-4o": {"rpm": 30}}, "PRICING": {"m1": {"input": 1}}}
+    )
+    await api.put(
+        "/x-config", {"MODEL_LIMITS": {"claude*": {"tpm": 5}}, "PRICING": '{"m2": {"output": 2}}'}
+    )
+    c = (await api.get("/x-config")).body["configs"]
+    assert c["MODEL_LIMITS"] == {"gpt-4o": {"rpm": 30}, "claude*": {"tpm": 5}}
+    assert set(c["PRICING"]) == {"m1", "m2"}
+    assert api.gw.config(1).prices("m2").output == 2.0
+    await api.put("/x-config", {"MODEL_LIMITS": "*", "PRICING": "="})
+    c = (await api.get("/x-config")).body["configs"]
+    assert c["MODEL_LIMITS"] == {} and c["PRICING"] == {}
+
+
+async def test_email_pass_never_shown(api):
+    await api.put("/x-config", {"EMAIL_PASS": "hunter2-secret", "EMAIL_AUTH": "me"})
+    for path in ("/x-config", "/x-conf"):
+        r = await api.get(path)
+        assert "hunter2-secret" not in r.raw.decode()
+    await api.gw.store.flush()
+    logs = await api.gw.store.fetchall("SELECT details FROM op_logs")
+    assert all("hunter2" not in row["details"] for row in logs)
+
+
+async def test_delete_restores_defaults_and_bumps_version(api):
+    await api.put("/x-config", SEED_BODY)
+    r = await api.delete("/x-config", {"keys": ["MODEL_MAPPER", "SWITCH_OVER"]})
+    assert r.status == 200 and r.body["version"] == 2
+    cfg = api.gw.config(1)
+    assert cfg.map_model("gpt-3.5-turbo") == "gpt-3.5-turbo" and cfg.switch_over == {}
+    assert "LEVEL_MAPPER" in cfg.values
+    assert (await api.delete("/x-config", {"keys": ["NOPE"]})).status == 400
+    assert (await api.delete("/x-config", {})).status == 400
+    await api.gw.store.flush()
+    actions = [
+        r["action"] for r in await api.gw.store.fetchall("SELECT action FROM op_logs ORDER BY id")
+    ]
+    assert actions == ["update_config", "delete_config"]
+
+
+async def test_conf_overview_shows_keys_state_and_thresholds(api):
+    await api.post(
+        "/x-keys", {"SecretKey": "sk-" + "k" * 30, "Level": 1, "Provider": "https://api.openai.com"}
+    )
+    await api.post(
+        "/x-keys", {"SecretKey": "sk-" + "j" * 30, "Level": 2, "Provider": "https://api.openai.com"}
+    )
+    key = api.gw.state.keys[2]
+    key.sleep_until, key.sleep_reason = 4e9, "auth_failed"
+    r = await api.get("/x-conf")
+    assert r.status == 200
+    assert r.body["UserMinBalance"] == 2 and r.body["UserApiBalance"] == 20
+    assert r.body["sleeping"] == [2]
+    assert r.body["levels"]["2"] == {"total": 1, "enabled": 1, "awake": 0}
+    sleeping = [k for k in r.body["keys"] if k["ID"] == 2][0]
+    assert sleeping["Sleeping"] is True and sleeping["SleepReason"] == "auth_failed"
+
+
+async def test_config_survives_restart(aiohttp_server, tmp_path):
+    db = tmp_path / "conf.db"
+    first = await start_gateway(aiohttp_server, db)
+    await first.put("/x-config", SEED_BODY)
+    await first.close()
+    second = await start_gateway(aiohttp_server, db)
+    try:
+        cfg = second.gw.config(1)
+        assert cfg.version == 1 and cfg.level_of("gpt-4-turbo") == 2
+    finally:
+        await second.close()
