@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from . import __version__
+from . import __version__, accesslog, server
 from . import settings as settings_mod
 
 
@@ -58,16 +58,16 @@ def serve(args: argparse.Namespace) -> int:
         print(_banner(settings, app[GATEWAY].new_root_key), flush=True)
 
     app.on_startup.append(announce)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace,
-        handler_cancellation=True,
-        access_log=None,
-        print=None,
-        loop=loop,
+    loop.run_until_complete(
+        server.serve(
+            app,
+            settings.host,
+            settings.port,
+            settings.shutdown_grace,
+            **accesslog.runner_kwargs(settings),
+        )
     )
+    loop.close()
     return 0
 
 
