@@ -1,5 +1,362 @@
-"""(being written)"""
+"""Subaccounts: POST/PUT/GET/DELETE /x-users and GET /x-dna.
+
+Every change runs as one synchronous check-then-mutate step (`work`) that returns
+its store ops; the idempotency guard persists them, with the op log row and the
+Idempotency-Key record, as one unit. Money moves only through `xaiproxy.ledger`:
+the target's parent pays for a recharge and receives a refund.
+"""
+
+from __future__ import annotations
+
+import time
+
+from xaiproxy import credentials, idempotency, ledger
+from xaiproxy.errors import ApiError
+from xaiproxy.state import ACCOUNT_COLUMNS, FILTER_RE, Account
+
+from . import _userfields as uf
+from ._paging import PAGING_QUERY, page
+
+_ident = {"type": "string", "maxLength": 254}
+LIST_QUERY = {
+    "type": "object",
+    "properties": {
+        **PAGING_QUERY,
+        "id": {"type": "string", "maxLength": 30},
+        "name": _ident,
+        "email": _ident,
+        "level": {"type": "string", "pattern": "^L?[0-9]{1,4}$"},
+        "dna": {"type": "string", "maxLength": 4096},
+    },
+    "additionalProperties": False,
+}
+NO_QUERY = {"type": "object", "additionalProperties": False}
+_COLS = [c for c in ACCOUNT_COLUMNS if c != "id"]
+INSERT_SQL = (
+    f"INSERT INTO accounts ({', '.join(ACCOUNT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
+)
+UPDATE_SQL = f"UPDATE accounts SET {', '.join(c + ' = ?' for c in _COLS)} WHERE id = ?"
+LIMIT_ATTRS = {*uf.LIMITS.values(), "model_limits"}
+LIST_ATTRS = {attr for attr, _ in uf.LISTS.values()}
+
+
+def insert_op(acc: Account):
+    row = acc.row()
+    return INSERT_SQL, tuple(row[c] for c in ACCOUNT_COLUMNS)
+
+
+def update_op(acc: Account):
+    row = acc.row()
+    return UPDATE_SQL, (*(row[c] for c in _COLS), acc.id)
+
+
+def single(state, caller: Account, ident: str) -> Account:
+    if FILTER_RE.match(ident.strip()):
+        raise uf.bad(f"{ident!r} is a filter; this call takes one ID, Name or Email")
+    return state.descendant(caller, ident)
+
+
+async def guarded(call, body, work):
+    """Run work() under the Idempotency-Key guard, if the caller still exists by then."""
+    gw, caller = call.gw, call.caller
+
+    def checked():
+        # The caller may have been deleted while this request was being read.
+        if gw.state.accounts.get(caller.id) is not caller:
+            raise ApiError(401, "invalid_api_key", "the calling account no longer exists")
+        return work()
+
+    return await idempotency.guard(gw).run(call.request, caller.id, body, checked)
+
+
+# -- create ------------------------------------------------------------------
+async def create(call):
+    call.require_api_balance()
+    gw, caller, body = call.gw, call.caller, call.body
+
+    def work():
+        if not caller.is_root and len(caller.children) >= caller.child_limit:
+            raise ApiError(
+                403,
+                "child_limit_reached",
+                f"this account may have at most {caller.child_limit} direct subaccounts",
+            )
+        values = uf.Edit(caller, caller, None, body, gw.state).values()
+        amount = ledger.check_amount(body["CreditGranted"])
+        least = gw.config(caller.owner_acc.id).number("USER_MIN_BALANCE")
+        if amount < least:
+            raise uf.bad(f"CreditGranted must be at least {least:g}", "invalid_amount")
+        return _add(gw, caller, body, values, amount)
+
+    return await guarded(call, body, work)
+
+
+def _add(gw, caller: Account, body: dict, values: dict, amount: float):
+    now = time.time()
+    key = credentials.generate_key()
+    fields = {"rates": caller.rates, "alias": values["name"]} | values
+    acc = Account(
+        id=gw.state.next_id("accounts"),
+        key_hash=credentials.hash_key(key),
+        key_prefix=credentials.display_prefix(key),
+        dna="",
+        level=0,
+        parent_id=caller.id,
+        credit_granted=amount,
+        created_at=now,
+        updated_at=now,
+        **fields,
+    )
+    money_ops = ledger.fund(caller, acc, amount, _days(body), caller, "initial")
+    gw.state.add_account(acc)
+    details = f"created user {acc.name} ({acc.email}) with CreditGranted {amount:g}"
+    ops = [insert_op(acc), *money_ops, gw.oplog(caller, "add_user", acc.id, details)]
+    shown = uf.updates(values) | {"CreditGranted": amount, "Balance": ledger.balance(acc)}
+    answer = {
+        "Action": "add",
+        "User": {"ID": acc.id, "SecretKey": key, "Updates": shown},
+        "Parent": uf.money(caller),
+    }
+    return answer, ops, 200
+
+
+def _days(body: dict) -> float | None:
+    days = body.get("Days")
+    return None if not days else float(days)
+
+
+# -- update ------------------------------------------------------------------
+async def update(call):
+    gw, caller, body = call.gw, call.caller, call.body
+    if not _pure_refund(body):
+        call.require_api_balance()
+    ident = call.param("ident")
+
+    def work():
+        acc = single(gw.state, caller, ident)
+        values = uf.Edit(caller, acc.parent, acc, body, gw.state).values()
+        amount = ledger.check_amount(body.get("CreditGranted", 0))
+        if "Days" in body and amount <= 0:
+            raise uf.bad("Days goes with a positive CreditGranted (a recharge)")
+        return _change(gw, caller, acc, body, values, amount)
+
+    return await guarded(call, body, work)
+
+
+def _pure_refund(body: dict) -> bool:
+    amount = body.get("CreditGranted")
+    return set(body) == {"CreditGranted"} and isinstance(amount, int | float) and amount < 0
+
+
+def _change(gw, caller: Account, acc: Account, body: dict, values: dict, amount: float):
+    if not values and not amount:
+        raise uf.bad("nothing to change: send the fields to update, or a non-zero CreditGranted")
+    ops, extra = _move(gw, caller, acc, body, values, amount)
+    if values:
+        changed = ", ".join(sorted(uf.updates(values)))
+        ops.append(gw.oplog(caller, "update_user", acc.id, f"changed {changed}"))
+    _follow_credit(acc, amount, values)
+    _apply(gw.state, acc, values)
+    ops.insert(0, update_op(acc))
+    user = {"ID": acc.id, "Updates": uf.updates(values) | extra}
+    return {"Action": "update", "User": user, "Parent": uf.money(acc.parent)}, ops, 200
+
+
+def _move(gw, caller: Account, acc: Account, body: dict, values: dict, amount: float):
+    """The recharge or refund of an update, in the account's new Rates; ([], {}) when none."""
+    if not amount:
+        return [], {}
+    parent, old_rates = acc.parent, acc.rates
+    acc.rates = values.get("rates", old_rates)
+    try:
+        if amount > 0:
+            ops = ledger.fund(parent, acc, amount, _days(body), caller, "recharge")
+            ops.append(gw.oplog(caller, "recharge_user", acc.id, f"recharged {amount:g}"))
+            extra = {}
+        else:
+            ops, back = ledger.refund(acc, parent, -amount, caller, "refund")
+            detail = f"refunded {-amount:g}; the parent received {back:g} after the fee"
+            ops.append(gw.oplog(caller, "refund_user", acc.id, detail))
+            extra = {"Refunded": back}
+    except ApiError:
+        acc.rates = old_rates
+        raise
+    return ops, extra | {"CreditGranted": amount, "Balance": ledger.balance(acc)}
+
+
+def _follow_credit(acc: Account, amount: float, values: dict) -> None:
+    """A recharge raises CreditGranted; limits still at their derived default follow it."""
+    if amount <= 0:
+        return
+    derived = abs(acc.hard_limit - 10 * acc.credit_granted) < 1e-6
+    acc.credit_granted += amount
+    if derived and "hard_limit" not in values and "soft_limit" not in values:
+        values["hard_limit"] = 10 * acc.credit_granted
+        values["soft_limit"] = 0.8 * values["hard_limit"]
+
+
+def _apply(state, acc: Account, values: dict) -> None:
+    state.rename(acc, values.get("name"), values.get("email"))
+    for attr, value in values.items():
+        setattr(acc, attr, value)
+    if values.keys() & LIST_ATTRS:
+        acc.compile()
+    if values.keys() & LIMIT_ATTRS:
+        acc.limiter = None  # the data plane rebuilds it from the new limits
+    if "owner" in values:
+        state.relink(acc)
+    acc.updated_at = time.time()
+
+
+# -- delete ------------------------------------------------------------------
+async def delete(call):
+    gw, caller = call.gw, call.caller
+    ident = call.param("ident")
+
+    def work():
+        acc = single(gw.state, caller, ident)
+        return _remove(gw, caller, acc)
+
+    return await guarded(call, None, work)
+
+
+def _remove(gw, caller: Account, acc: Account):
+    """Refund the whole balance to the parent, re-attach the children, drop the account."""
+    state, parent = gw.state, acc.parent
+    ops, back = ledger.refund(acc, parent, None, caller, "delete")
+    moved: list[Account] = []
+    for child in list(acc.children.values()):
+        state.reparent(child, parent)
+        moved += [child, *state.subtree(child)]
+    state.remove_account(acc)
+    ops.append(("DELETE FROM accounts WHERE id = ?", (acc.id,)))
+    for m in moved:
+        ops.append(
+            (
+                "UPDATE accounts SET parent_id = ?, dna = ?, level = ? WHERE id = ?",
+                (m.parent_id, m.dna, m.level, m.id),
+            )
+        )
+        # Usage rows carry the DNA so billing scopes (x-bill by subtree) follow the move.
+        ops.append(("UPDATE usage SET dna = ? WHERE account_id = ?", (m.dna, m.id)))
+    details = f"deleted user {acc.name}; parent received {back:g}; {len(moved)} accounts moved up"
+    ops.append(gw.oplog(caller, "delete_user", acc.id, details))
+    user = {"ID": acc.id, "Name": acc.name, "Refunded": back, "Moved": [m.id for m in moved]}
+    return {"Action": "delete", "User": user, "Parent": uf.money(parent)}, ops, 200
+
+
+# -- read --------------------------------------------------------------------
+def _matches(acc: Account, query: dict) -> bool:
+    if query.get("id") and str(acc.id) != query["id"].strip():
+        return False
+    if query.get("name") and acc.name.lower() != query["name"].strip().lower():
+        return False
+    if query.get("email") and acc.email.lower() != query["email"].strip().lower():
+        return False
+    if query.get("level") and acc.level != int(query["level"].lstrip("L")):
+        return False
+    return not (query.get("dna") and not acc.dna.startswith(query["dna"].strip()))
+
+
+def _special(state, caller: Account, query: dict) -> list[Account] | None:
+    """A special filter value (L2, G1, ...) in any of id/name/email; None when there is none."""
+    for field in ("id", "name", "email"):
+        picked = state.select(caller, query.get(field) or "")
+        if picked is not None:
+            return picked
+    return None
+
+
+def search(state, caller: Account, query: dict, children_only: bool) -> list[Account]:
+    picked = _special(state, caller, query)
+    if picked is not None:
+        query = {k: v for k, v in query.items() if k in ("level", "dna")}
+    elif any(query.get(k) for k in ("id", "name", "email", "level", "dna")):
+        picked = state.subtree(caller)
+    else:
+        picked = list(caller.children.values()) if children_only else state.subtree(caller)
+    return sorted((a for a in picked if _matches(a, query)), key=lambda a: a.id)
+
+
+def answer_list(call, accounts: list[Account]):
+    items, headers = page(accounts, call.query)
+    return call.json([uf.view(a) for a in items], headers=headers)
+
+
+async def list_users(call):
+    return answer_list(call, search(call.gw.state, call.caller, call.query, children_only=True))
+
+
+async def list_dna(call):
+    return answer_list(call, search(call.gw.state, call.caller, call.query, children_only=False))
+
+
+async def get_user(call):
+    state, ident = call.gw.state, call.param("ident")
+    picked = state.select(call.caller, ident)
+    if picked is not None:
+        return answer_list(call, sorted(picked, key=lambda a: a.id))
+    page([], call.query)  # paging is checked even when one account answers
+    return call.json(uf.view(state.descendant(call.caller, ident)))
+
+
+async def get_branch(call):
+    """/x-dna/{ident}: the named account and everything below it (or a filter's matches)."""
+    state, ident = call.gw.state, call.param("ident")
+    picked = state.select(call.caller, ident)
+    if picked is None:
+        acc = state.descendant(call.caller, ident)
+        picked = [acc, *state.subtree(acc)]
+    return answer_list(call, sorted(picked, key=lambda a: a.id))
 
 
 def setup(gw) -> None:
-    pass
+    idempotency.guard(gw)
+    tag = "users"
+    gw.route(
+        "POST",
+        "/x-users",
+        create,
+        summary="Create a subaccount",
+        body=uf.CREATE_BODY,
+        query=NO_QUERY,
+        tag=tag,
+    )
+    gw.route(
+        "PUT",
+        "/x-users/{ident}",
+        update,
+        summary="Update, recharge (CreditGranted > 0) or refund (< 0) a subaccount",
+        body=uf.UPDATE_BODY,
+        query=NO_QUERY,
+        tag=tag,
+    )
+    gw.route(
+        "DELETE",
+        "/x-users/{ident}",
+        delete,
+        summary="Delete a subaccount: refund its balance, move its children up",
+        query=NO_QUERY,
+        tag=tag,
+    )
+    gw.route(
+        "GET", "/x-users", list_users, summary="List direct subaccounts", query=LIST_QUERY, tag=tag
+    )
+    gw.route(
+        "GET",
+        "/x-users/{ident}",
+        get_user,
+        summary="One subaccount (or a filter's matches)",
+        query=LIST_QUERY,
+        tag=tag,
+    )
+    gw.route("GET", "/x-dna", list_dna, summary="List every descendant", query=LIST_QUERY, tag=tag)
+    gw.route(
+        "GET",
+        "/x-dna/{ident}",
+        get_branch,
+        summary="A descendant and its whole branch",
+        query=LIST_QUERY,
+        tag=tag,
+    )

@@ -1,0 +1,143 @@
+"""The Idempotency-Key header for money movements.
+
+A management call that moves money may carry `Idempotency-Key`. The first call
+with a key runs and its answer is recorded in the SAME store unit as the movement,
+so a crash can never keep one without the other. A later call with the same key:
+
+- and the same request (method, path, body) replays the recorded answer and
+  applies nothing (header `Idempotent-Replayed: true`);
+- and a different request is refused with 409 `idempotency_conflict`.
+
+Concurrent duplicates never both apply: while a key is in flight, a second call
+with it waits for the first to finish and then replays (or conflicts).
+Only successful answers are recorded: a refused call changed nothing and may be
+retried with the same key. Keys are scoped to the calling account and kept for
+`TTL` seconds. A recorded answer never holds a client secret (see `redact`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import ApiError
+from .store import Op
+
+HEADER = "Idempotency-Key"
+TTL = 24 * 3600.0
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+# work() -> (answer, ops, status): checks and mutates memory synchronously, returns
+# the store ops of its unit; it must not await (that is what makes it atomic).
+Work = Callable[[], tuple[Any, list[Op], int]]
+
+
+def fingerprint(request: web.Request, body: Any) -> str:
+    """What makes two requests "the same": method, path and the body, keys sorted."""
+    canon = orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    head = f"{request.method} {request.rel_url.raw_path}\n".encode()
+    return hashlib.sha256(head + canon).hexdigest()
+
+
+def redact(answer: Any) -> Any:
+    """The answer as it may be stored: a freshly shown SecretKey is never kept."""
+    if isinstance(answer, dict):
+        return {
+            k: ("(shown once; not replayed)" if k == "SecretKey" else redact(v))
+            for k, v in answer.items()
+        }
+    if isinstance(answer, list):
+        return [redact(v) for v in answer]
+    return answer
+
+
+class Guard:
+    """Runs money movements so that an Idempotency-Key applies them at most once."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.inflight: dict[tuple[int, str], asyncio.Future] = {}
+
+    async def run(self, request: web.Request, account_id: int, body: Any, work: Work):
+        """Apply work() and persist its unit; replay or refuse when the key was used."""
+        key = request.headers.get(HEADER)
+        if key is None:
+            answer, ops, status = work()
+            await self.store.write(ops)
+            return _json(answer, status)
+        if not _KEY_RE.match(key):
+            raise ApiError(
+                400,
+                "invalid_idempotency_key",
+                f"{HEADER} must be 1-200 printable ASCII characters without spaces",
+            )
+        slot = (account_id, key)
+        while (busy := self.inflight.get(slot)) is not None:
+            await asyncio.shield(busy)
+        done = asyncio.get_running_loop().create_future()
+        self.inflight[slot] = done
+        try:
+            return await self._once(slot, fingerprint(request, body), work)
+        finally:
+            del self.inflight[slot]
+            done.set_result(None)
+
+    async def _once(self, slot: tuple[int, str], print_: str, work: Work) -> web.Response:
+        row = await self.store.fetchone(
+            "SELECT fingerprint, status, response FROM idempotency"
+            " WHERE account_id = ? AND key = ? AND created_at > ?",
+            (*slot, time.time() - TTL),
+        )
+        if row is not None:
+            if row["fingerprint"] != print_:
+                raise ApiError(
+                    409,
+                    "idempotency_conflict",
+                    f"this {HEADER} was already used for a different request; use a new key",
+                )
+            return web.Response(
+                status=row["status"],
+                body=bytes(row["response"]),
+                content_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
+        answer, ops, status = work()
+        stored = orjson.dumps(redact(answer), option=orjson.OPT_NON_STR_KEYS)
+        record: Op = (
+            "INSERT OR REPLACE INTO idempotency"
+            " (account_id, key, fingerprint, status, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (*slot, print_, status, stored, time.time()),
+        )
+        await self.store.write([*ops, record])
+        return _json(answer, status)
+
+    async def prune(self) -> None:
+        """Forget records past their TTL (run at start)."""
+        await self.store.write(
+            [("DELETE FROM idempotency WHERE created_at <= ?", (time.time() - TTL,))]
+        )
+
+
+def _json(answer: Any, status: int) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS),
+        content_type="application/json",
+    )
+
+
+def guard(gw) -> Guard:
+    """The gateway's one Guard (created on first use; pruned at start)."""
+    g = getattr(gw, "idempotency", None)
+    if g is None:
+        g = gw.idempotency = Guard(gw.store)
+        gw.on_startup(g.prune)
+    return g
