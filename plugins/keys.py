@@ -15,6 +15,7 @@ from xaiproxy.errors import ApiError
 from xaiproxy.state import ProviderKey
 
 from ._paging import PAGING_QUERY, page
+from ._userfields import iso
 
 # Model families a provider serves, to extend LEVEL_MAPPER when a key is added.
 FAMILIES = {
@@ -71,11 +72,11 @@ def public(key: ProviderKey, now: float | None = None) -> dict:
         "SecretKey": credentials.mask(key.secret),
         "Status": key.status,
         "Sleeping": key.sleep_until > now,
-        "SleepUntil": key.sleep_until if key.sleep_until > now else 0,
+        "SleepUntil": iso(key.sleep_until) if key.sleep_until > now else None,
         "SleepReason": key.sleep_reason if key.sleep_until > now else "",
         "Config": key.config,
-        "CreatedAt": key.created_at,
-        "UpdatedAt": key.updated_at,
+        "CreatedAt": iso(key.created_at),
+        "UpdatedAt": iso(key.updated_at),
     }
 
 

@@ -29,3 +29,44 @@ async def test_generated_keys_have_the_documented_shape():
     keys = {credentials.generate_key() for _ in range(200)}
     assert len(keys) == 200
     assert all(len(k) == 51 and k.startswith("sk-Xvs") for k in keys)
+
+
+async def test_ids_of_deleted_accounts_and_keys_are_never_reused(aiohttp_server, tmp_path):
+    from tests.helpers import start_gateway
+
+    db = tmp_path / "ids.db"
+    first = await start_gateway(aiohttp_server, db)
+    r = await first.post(
+        "/x-users", {"Name": "gone-soon", "Email": "g@example.com", "CreditGranted": 5}
+    )
+    gone = r.body["User"]["ID"]
+    key = (
+        await first.post(
+            "/x-keys",
+            {"SecretKey": "sk-" + "q" * 30, "Level": 1, "Provider": "https://api.openai.com"},
+        )
+    ).body["Key"]["ID"]
+    await first.gw.store.write(
+        [
+            (
+                "INSERT INTO usage (ts, account_id, owner_id, dna, model, key_id) VALUES (1, ?, 1, '.1.', 'm', ?)",
+                (gone, key),
+            )
+        ]
+    )
+    assert (await first.delete(f"/x-users/{gone}")).status == 200
+    assert (await first.delete(f"/x-keys/{key}")).status == 200
+    await first.close()
+    second = await start_gateway(aiohttp_server, db)
+    try:
+        r = await second.post(
+            "/x-users", {"Name": "newcomer", "Email": "n@example.com", "CreditGranted": 5}
+        )
+        assert r.body["User"]["ID"] > gone
+        r = await second.post(
+            "/x-keys",
+            {"SecretKey": "sk-" + "w" * 30, "Level": 1, "Provider": "https://api.openai.com"},
+        )
+        assert r.body["Key"]["ID"] > key
+    finally:
+        await second.close()

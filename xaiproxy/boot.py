@@ -13,6 +13,17 @@ from .ownerconf import OwnerConfig
 from .state import ACCOUNT_COLUMNS, KEY_COLUMNS, Account, Grant, ProviderKey
 
 log = logging.getLogger("xaiproxy.boot")
+ID_SOURCES = {
+    "accounts": (
+        "SELECT MAX(id) FROM accounts",
+        "SELECT MAX(account_id) FROM grants",
+        "SELECT MAX(account_id) FROM usage",
+        "SELECT MAX(to_id) FROM transfers",
+    ),
+    "grants": ("SELECT MAX(id) FROM grants",),
+    "provider_keys": ("SELECT MAX(id) FROM provider_keys", "SELECT MAX(key_id) FROM usage"),
+    "news": ("SELECT MAX(id) FROM news",),
+}
 
 
 def month_start(now: float | None = None) -> tuple[str, float]:
@@ -59,8 +70,10 @@ async def load(gw) -> str | None:
         values["config"] = orjson.loads(values["config"] or "{}")
         state.put_key(ProviderKey(**values))
     await _load_configs(gw)
-    for table in ("accounts", "grants", "provider_keys", "news"):
-        state.seed_id(table, await store.scalar(f"SELECT MAX(id) FROM {table}"))
+    # Ids are never reused: deleted accounts and keys live on in usage and grants.
+    for table, sources in ID_SOURCES.items():
+        for sql in sources:
+            state.seed_id(table, await store.scalar(sql))
     return new_root_key
 
 
