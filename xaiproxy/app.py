@@ -8,7 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from . import boot, errors, plugins, pricing, relay
+from . import accesslog, boot, errors, metrics, openapi, plugins, pricing, relay
 from .errors import ApiError
 from .plugins import Gateway
 from .state import State
@@ -97,6 +97,9 @@ def create_app(settings) -> web.Application:
     plugins.load(gw, settings.plugins)
     plugins.mount(app, gw)
     relay.setup(app, gw)
+    openapi.setup(app, gw)
+    metrics.setup(app, gw)
+    accesslog.setup(app, gw)
     app.cleanup_ctx.append(_lifecycle(gw))
     app.on_shutdown.append(_drain)
     return app

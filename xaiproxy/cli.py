@@ -1,4 +1,4 @@
-"""Command line: `xaiproxy serve` runs the gateway."""
+"""Command line: `xaiproxy serve` runs the gateway; users/keys/config/bill manage it (admin.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from . import __version__, accesslog, server
+from . import __version__, admin
 from . import settings as settings_mod
 
 
@@ -38,6 +38,7 @@ def _banner(settings, root_key: str | None) -> str:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from . import accesslog, server  # here, so admin commands start fast
     from .app import GATEWAY, create_app
 
     try:
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite file (XAI_DB, default ./data/xaiproxy.db)")
     p.add_argument("--config", help="TOML config file (XAI_CONFIG, default conf/xaiproxy.toml)")
     p.set_defaults(func=serve)
+    admin.add_commands(sub)
     return parser
 
 

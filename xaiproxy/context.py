@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from .ownerconf import OwnerConfig
+    from .providers import Protocol
     from .state import Account, ProviderKey
 
 
@@ -44,3 +45,8 @@ class RequestContext:
     # One (key_id, level, outcome) per upstream attempt; outcome is the HTTP status,
     # or "connect_error" / "timeout" / "reset".
     attempt_log: list | None = None
+    protocol: Protocol | None = None  # providers.OPENAI / ANTHROPIC, by path
+    client_ip: str = ""  # after trusted-proxy X-Forwarded-For, when a whitelist needed it
+    prompt_estimate: int = 0  # tokens, from the body size; used when no usage arrives
+    limits: list | None = None  # limits.Limits scopes that admitted the request
+    billed: bool = False

@@ -37,6 +37,15 @@ from .store import Op, Store
 log = logging.getLogger("xaiproxy.plugins")
 BUILTIN_PACKAGE = "xaiproxy_plugins"
 ENTRY_POINT_GROUP = "xaiproxy.plugins"
+# Per-request storage shared by the data plane, plugins, the access log and metrics
+# (aiohttp wants typed keys; a plain string key warns).
+REQUEST_CTX = web.RequestKey("ctx", RequestContext)  # set by relay.py on every /v1 request
+REQUEST_CALLER = web.RequestKey("caller", Account)  # set for every authenticated management call
+
+
+def context_of(request: web.BaseRequest) -> RequestContext | None:
+    """The data plane's RequestContext of a request, if it has one."""
+    return request.get(REQUEST_CTX)
 
 
 @dataclass(slots=True)
@@ -131,6 +140,7 @@ class Gateway:
         self.session = None  # the one upstream aiohttp.ClientSession, set at start
         self.box = credentials.SecretBox(settings.secret_key)  # provider keys at rest
         self.draining = False
+        self.streams_open = 0  # data-plane responses being relayed right now (relay.py)
 
     # -- registration ----------------------------------------------------
     def route(self, method: str, path: str, handler, **options) -> RouteSpec:
@@ -256,6 +266,8 @@ def schema_error(validator, data: Any, where: str) -> ApiError | None:
 def _wrap(gw: Gateway, spec: RouteSpec):
     async def handler(request: web.Request) -> web.StreamResponse:
         caller = gw.authenticate(request) if spec.auth else None
+        if caller is not None:
+            request[REQUEST_CALLER] = caller  # for the access log and metrics
         if spec.root_only and not caller.is_root:
             raise ApiError(403, "permission_denied", "only root may call this endpoint")
         if spec.owner_only and caller.owner_acc is not caller:

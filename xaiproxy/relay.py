@@ -1,5 +1,415 @@
-"""The data plane (being written)."""
+"""The data plane: one handler flow, admit -> route -> forward -> stream -> settle.
+
+Everything here runs from memory (SPEC 9): the account, keys, config, limits and
+balances are in `gw.state`; the one write per request (usage row and balance deltas)
+is queued with `gw.store.submit` and committed by the batched writer.
+
+Contracts for plugins and operations: `request[plugins.REQUEST_CTX]` holds the RequestContext from
+the start; every response carries `x-request-id`; `gw.hooks.on_request_end` fires for
+every request in a finally; `gw.streams_open` counts responses being relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import errors, ledger, limits, pricing, providers, sse
+from .admission import Admission, release
+from .context import RequestContext
+from .errors import ApiError
+from .plugins import REQUEST_CTX
+from .routing import Refused, Router
+
+RETRY_STATUSES = frozenset((401, 403, 429))  # and every 5xx
+ERROR_BODY_CAP = 256 * 1024  # what we keep of a failed attempt's answer to pass on
+USAGE_SQL = (
+    "INSERT INTO usage (ts, account_id, owner_id, dna, model, upstream_model, level, key_id,"
+    " path, prompt_tokens, completion_tokens, cached_tokens, cost, cost_n, status, latency_ms,"
+    " estimated, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
-def setup(app, gw) -> None:
-    pass
+class Relay:
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self.settings = gw.settings
+        self.hooks = gw.hooks
+        self.router = Router(gw)
+        self.admission = Admission(gw)
+        self.inflight = 0
+        self._prefix = "req_" + secrets.token_hex(4)
+        self._seq = itertools.count(1)
+
+    # -- the handler -----------------------------------------------------------
+    def new_context(self, request: web.Request) -> RequestContext:
+        path = request.path
+        protocol = providers.for_path(path)
+        ctx = RequestContext(
+            request,
+            f"{self._prefix}{next(self._seq):x}",
+            time.perf_counter(),
+            path,
+            anthropic=protocol.anthropic_errors,
+            attempt_log=[],
+            protocol=protocol,
+        )
+        request[REQUEST_CTX] = ctx
+        return ctx
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ctx = self.new_context(request)
+        if self.inflight >= self.settings.max_inflight:
+            exc = ApiError(
+                503,
+                "overloaded",
+                "the gateway is at capacity; retry in a moment",
+                {"Retry-After": "1"},
+            )
+            return self._finish(ctx, self._error(ctx, exc))
+        self.inflight += 1
+        try:
+            await self.admission.admit(ctx)
+            for hook in self.hooks.before_upstream:
+                await hook(ctx)
+            return await self.forward(ctx)
+        except ApiError as exc:
+            return self._error(ctx, exc)
+        except asyncio.CancelledError:
+            ctx.status, ctx.error = ctx.status or 499, ctx.error or "client_closed"
+            raise
+        finally:
+            self.inflight -= 1
+            release(ctx)
+            self._finish(ctx, None)
+
+    def _finish(self, ctx: RequestContext, response):
+        if self.hooks.on_request_end:
+            for fn in self.hooks.on_request_end:
+                fn(ctx)
+        return response
+
+    def _error(self, ctx: RequestContext, exc: ApiError) -> web.Response:
+        ctx.status, ctx.error = exc.status, exc.code
+        headers = {**(exc.headers or {}), "x-request-id": ctx.request_id}
+        return errors.response(exc.status, exc.code, exc.message, headers, ctx.anthropic)
+
+    # -- route and forward -------------------------------------------------------
+    async def forward(self, ctx: RequestContext) -> web.StreamResponse:
+        """Try candidate keys until one answers; before the first byte, failures move on."""
+        cfg, owner_id = ctx.config, ctx.account.owner_acc.id
+        ctx.level = cfg.level_of(ctx.upstream_model) if ctx.upstream_model else 1
+        last = None
+        for level, key in self.router.candidates(owner_id, cfg.switch_over, ctx.level):
+            if ctx.attempts >= self.settings.max_attempts:
+                break
+            ctx.attempts += 1
+            ctx.key, ctx.level = key, level
+            resp, outcome = await self._attempt(ctx, key)
+            ctx.attempt_log.append((key.id, level, outcome))
+            if resp is None:
+                continue
+            if resp.status in RETRY_STATUSES or resp.status >= 500:
+                last = await self._failed(key, resp)
+                continue
+            return await self.relay(ctx, resp)
+        return self._all_failed(ctx, last, owner_id)
+
+    async def _attempt(self, ctx: RequestContext, key):
+        """One upstream request until its headers: (response, status) or (None, failure)."""
+        request = ctx.request
+        try:
+            await self.router.guard(key)
+            async with asyncio.timeout(self.settings.upstream_headers_timeout):
+                resp = await self.gw.session.request(
+                    request.method,
+                    self.router.url(key, request.raw_path),
+                    data=ctx.body or None,
+                    headers=self._headers(ctx, key),
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            return None, "timeout"
+        except Refused:
+            return None, "refused"
+        except (aiohttp.ClientError, OSError):
+            return None, "connect_error"
+        if not self.router.peer_ok(key, resp):
+            resp.close()
+            return None, "refused"
+        return resp, resp.status
+
+    def _headers(self, ctx: RequestContext, key) -> CIMultiDict:
+        drop = providers.DROP_REQUEST
+        headers = CIMultiDict(
+            (k, v) for k, v in ctx.request.headers.items() if k.lower() not in drop
+        )
+        protocol = ctx.protocol
+        version = (
+            ctx.request.headers.get(protocol.version_header) if protocol.version_header else None
+        )
+        headers.update(
+            providers.auth_headers(
+                protocol, key.secret, key.config, version, self.settings.anthropic_version
+            )
+        )
+        headers["Accept-Encoding"] = "identity"  # the scanner must read usage
+        return headers
+
+    async def _failed(self, key, resp) -> tuple[int, str, bytes]:
+        """Read (bounded) and close a failed answer; rest the key on 429/401/403."""
+        body = b""
+        try:
+            async with asyncio.timeout(self.settings.upstream_idle_timeout):
+                body = await resp.content.read(ERROR_BODY_CAP)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass
+        finally:
+            resp.close()
+        if resp.status == 429:
+            self.router.sleep(
+                key, _retry_after(resp) or self.settings.key_sleep_429, "rate_limited"
+            )
+        elif resp.status in (401, 403):
+            self.router.sleep(key, self.settings.key_sleep_auth, "auth_failed")
+        return resp.status, resp.headers.get("Content-Type", "application/json"), body
+
+    def _all_failed(self, ctx: RequestContext, last, owner_id: int) -> web.Response:
+        if last is not None:
+            status, ctype, body = last
+            ctx.status, ctx.error = status, "upstream_error"
+            return web.Response(
+                status=status,
+                body=body,
+                headers={"Content-Type": ctype, "x-request-id": ctx.request_id},
+            )
+        if ctx.attempts:
+            raise ApiError(
+                502,
+                "upstream_unavailable",
+                "no provider could be reached for this request; retry later",
+            )
+        wait = self.router.resting(owner_id, ctx.config.switch_over, ctx.level)
+        if wait:
+            raise ApiError(
+                503,
+                "no_provider_key",
+                f"every provider key for level {ctx.level} is resting after errors; retry later",
+                {"Retry-After": str(max(int(wait), 1))},
+            )
+        raise ApiError(
+            503,
+            "no_provider_key",
+            f"no provider key serves level {ctx.level} (model {ctx.upstream_model[:100]!r});"
+            " the owner must add one with POST /x-keys",
+        )
+
+    # -- stream --------------------------------------------------------------------
+    async def relay(self, ctx: RequestContext, up: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Copy the upstream answer to the client as it arrives; bill it if it succeeded."""
+        ctx.status = up.status
+        billable = up.status < 400
+        scanner = (
+            sse.scanner_for(up.headers.get("Content-Type", ""), ctx.protocol.usage, ctx.strip_usage)
+            if billable
+            else sse.NullScanner()
+        )
+        out = web.StreamResponse(status=up.status, headers=self._response_headers(ctx, up, scanner))
+        self.gw.streams_open += 1
+        complete = False
+        try:
+            await out.prepare(ctx.request)
+            complete = await self._pump(ctx, up, out, scanner)
+        except asyncio.CancelledError:
+            up.close()  # the client went away: stop the upstream at once
+            ctx.error = ctx.error or "client_closed"
+            raise
+        finally:
+            self.gw.streams_open -= 1
+            if billable:
+                self.settle(ctx, scanner, complete)
+        return out
+
+    def _response_headers(self, ctx: RequestContext, up, scanner) -> CIMultiDict:
+        drop, prefixes = providers.DROP_RESPONSE, providers.DROP_RESPONSE_PREFIXES
+        headers = CIMultiDict(
+            (k, v)
+            for k, v in up.headers.items()
+            if (low := k.lower()) not in drop and not low.startswith(prefixes)
+        )
+        if ctx.strip_usage:
+            headers.popall("Content-Length", None)
+        headers["x-request-id"] = ctx.request_id
+        if ctx.limits:
+            headers.update(limits.headers_for(ctx.limits))
+        return headers
+
+    async def _pump(self, ctx: RequestContext, up, out: web.StreamResponse, scanner) -> bool:
+        """Relay chunks; True when the upstream ended cleanly. Ends a broken SSE with an error event."""
+        idle = self.settings.upstream_idle_timeout
+        clock = asyncio.get_running_loop().time
+        feed = scanner.feed
+        try:
+            async with asyncio.timeout(idle) as timer:
+                async for chunk in up.content.iter_any():
+                    data = feed(chunk)
+                    if data and not await _write(ctx, out, data):
+                        up.close()
+                        return False
+                    timer.reschedule(clock() + idle)
+            tail = scanner.finish()
+            return not tail or await _write(ctx, out, tail)
+        except TimeoutError:
+            up.close()
+            await self._broken(ctx, out, scanner, 504, "upstream_timeout", "the upstream stalled")
+        except (aiohttp.ClientError, OSError):
+            up.close()
+            await self._broken(
+                ctx, out, scanner, 502, "upstream_broken", "the upstream connection broke"
+            )
+        return False
+
+    async def _broken(self, ctx, out, scanner, status: int, code: str, what: str) -> None:
+        """After the first byte there is no retry: end the stream with an error event."""
+        ctx.error = code
+        if isinstance(scanner, sse.StreamScanner):
+            event = ctx.protocol.error_event(
+                status, code, f"{what} mid-answer; the answer is incomplete"
+            )
+            await _write(ctx, out, event)
+        elif ctx.request.transport is not None:
+            ctx.request.transport.close()  # a cut JSON body must not look complete
+
+    # -- settle ---------------------------------------------------------------------
+    def settle(self, ctx: RequestContext, scanner, complete: bool) -> None:
+        """Bill the answer once: release the hold, debit the real cost, queue the usage row."""
+        if ctx.billed:
+            return
+        ctx.billed = True
+        release(ctx)
+        _tokens(ctx, scanner, complete)
+        acc, price = ctx.account, ctx.config.prices(ctx.upstream_model or ctx.model)
+        usd = pricing.cost_usd(
+            price,
+            ctx.prompt_tokens,
+            ctx.completion_tokens,
+            ctx.cached_tokens,
+            ctx.cache_write_tokens,
+        )
+        ctx.cost_n = round(usd * acc.factor * ledger.NANO)
+        ctx.cost = usd * acc.rates * acc.factor
+        ops = ledger.spend(acc, ctx.cost_n)
+        acc.month_spend += ctx.cost
+        ops.append((USAGE_SQL, self._usage_row(ctx)))
+        self.gw.store.submit(ops)
+        if ctx.limits:
+            limits.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
+        for fn in self.hooks.on_usage:
+            fn(ctx)
+
+    @staticmethod
+    def _usage_row(ctx: RequestContext) -> tuple:
+        acc = ctx.account
+        return (
+            time.time(),
+            acc.id,
+            acc.owner_acc.id,
+            acc.dna,
+            ctx.model,
+            ctx.upstream_model,
+            ctx.level,
+            ctx.key.id if ctx.key else 0,
+            ctx.path,
+            ctx.prompt_tokens,
+            ctx.completion_tokens,
+            ctx.cached_tokens,
+            ctx.cost,
+            ctx.cost_n,
+            ctx.status,
+            (time.perf_counter() - ctx.started) * 1000.0,
+            int(ctx.estimated),
+            ctx.request_id,
+        )
+
+    # -- GET /v1/models ---------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        ctx = self.new_context(request)
+        try:
+            acc = ctx.account = self.admission.account(request)
+            ctx.config = self.gw.config(acc.owner_acc.id)
+            self.admission.check_ip(ctx)
+            self.admission.check_resources(ctx)
+            data = [_model_entry(m) for m in self._visible_models(ctx)]
+            ctx.status = 200
+            return web.Response(
+                body=orjson.dumps({"object": "list", "data": data}),
+                content_type="application/json",
+                headers={"x-request-id": ctx.request_id},
+            )
+        except ApiError as exc:
+            return self._error(ctx, exc)
+        finally:
+            self._finish(ctx, None)
+
+    @staticmethod
+    def _visible_models(ctx: RequestContext) -> list[str]:
+        cfg = ctx.config
+        names = set(cfg.prices.models())
+        names.update(p for _m, p, _t in cfg.model_mapper if not any(c in p for c in "*?["))
+        chain = ctx.account.chain
+        return sorted(
+            n for n in names if all(a.model_match is None or a.model_match(n) for a in chain)
+        )
+
+
+def _model_entry(name: str) -> dict:
+    owner = "anthropic" if name.startswith("claude") else "openai"
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+
+
+async def _write(ctx: RequestContext, out: web.StreamResponse, data: bytes) -> bool:
+    """Write to the client; False when it has gone (then we stop and bill what it got)."""
+    try:
+        await out.write(data)
+    except ConnectionResetError:
+        ctx.error = "client_closed"
+        return False
+    if not ctx.ttfb:
+        ctx.ttfb = time.perf_counter() - ctx.started
+    return True
+
+
+def _tokens(ctx: RequestContext, scanner, complete: bool) -> None:
+    """Usage from the answer; estimates (marked) where it is missing or the answer was cut."""
+    usage = scanner.usage
+    if usage:
+        p, c, cached, write = providers.normalize_usage(ctx.protocol.usage, usage)
+    else:
+        p, c, cached, write = 0, 0, 0, 0
+    ctx.estimated = not usage or not complete
+    if ctx.estimated:
+        p = p or ctx.prompt_estimate
+        c = max(c, scanner.estimate_completion())
+    ctx.prompt_tokens, ctx.completion_tokens = p, c
+    ctx.cached_tokens, ctx.cache_write_tokens = cached, write
+
+
+def _retry_after(resp) -> float:
+    try:
+        return min(max(float(resp.headers.get("Retry-After", "")), 0.0), 3600.0)
+    except ValueError:
+        return 0.0
+
+
+def setup(app: web.Application, gw) -> None:
+    relay = Relay(gw)
+    gw.relay = relay
+    app.router.add_get("/v1/models", relay.models)
+    app.router.add_route("*", "/v1/{tail:.*}", relay.handle)

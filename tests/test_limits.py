@@ -1,0 +1,93 @@
+"""Rate limits: request and token buckets, per account and per model, with OpenAI headers."""
+
+from __future__ import annotations
+
+from tests.fakes import (
+    PROMPT_TOKENS,
+    add_user,
+    chat,
+    ready,
+    set_config,
+    update_user,
+)
+from xaiproxy import limits
+
+pytest_plugins = ["tests.fakes_fixtures"]
+
+CHAT = "/v1/chat/completions"
+BILLED = PROMPT_TOKENS + 5  # tokens one plain fake answer bills
+
+
+async def test_bucket_non_blocking_checks():
+    b = limits.Bucket(2, 60)
+    assert b.fits(1) and b.remaining() == 2
+    b.take(1)
+    b.take(1)
+    assert not b.fits(1) and b.remaining() == 0
+    assert 29 < b.reset_after(1) <= 30
+    b.take(5)  # token charges may go past the limit
+    assert b.full_for() > 0
+
+
+def test_reset_format():
+    assert limits._duration(0.02) == "20ms"
+    assert limits._duration(1.2) == "2s"
+    assert limits._duration(360) == "6m0s"
+    assert limits._duration(3723) == "1h2m3s"
+
+
+async def test_rpm_refuses_with_retry_after_and_headers(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    _, key = await add_user(api, RPM=2)
+    r = await api.post(CHAT, chat(), key=key)
+    assert r.status == 200
+    assert r.headers["x-ratelimit-limit-requests"] == "2"
+    assert r.headers["x-ratelimit-remaining-requests"] == "1"
+    assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert (await api.post(CHAT, chat(), key=key)).status == 200
+    r = await api.post(CHAT, chat(), key=key)
+    assert (r.status, r.error_code) == (429, "rate_limit_exceeded")
+    assert r.body["error"]["type"] == "rate_limit_error"
+    assert 1 <= int(r.headers["Retry-After"]) <= 30
+    assert r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(upstream.seen) == 2
+
+
+async def test_tpm_counts_billed_tokens(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    uid, key = await add_user(api, TPM=BILLED + 1)
+    assert (await api.post(CHAT, chat(), key=key)).status == 200  # bills 17 of 18
+    r = await api.post(CHAT, chat(), key=key)
+    assert r.status == 200  # still under: admitted, then billed past the limit
+    assert r.headers["x-ratelimit-limit-tokens"] == str(BILLED + 1)
+    r = await api.post(CHAT, chat(), key=key)
+    assert (r.status, r.error_code) == (429, "rate_limit_exceeded")
+    assert r.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert api.gw.state.accounts[uid].reserved_n == 0
+
+
+async def test_owner_model_limits_then_account_model_limits(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    await set_config(api, MODEL_LIMITS={"gpt-4o*": {"rpm": 1}})
+    uid, key = await add_user(api)
+    assert (await api.post(CHAT, chat("gpt-4o"), key=key)).status == 200
+    assert (await api.post(CHAT, chat("gpt-4o"), key=key)).status == 429
+    assert (await api.post(CHAT, chat("o3"), key=key)).status == 200  # other models are free
+    await update_user(api, uid, ModelLimits={"gpt-4o": {"rpm": 5}})
+    assert (await api.post(CHAT, chat("gpt-4o"), key=key)).status == 200  # the account's own wins
+
+
+async def test_limits_rebuilt_when_changed(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    uid, key = await add_user(api, RPM=1)
+    assert (await api.post(CHAT, chat(), key=key)).status == 200
+    assert (await api.post(CHAT, chat(), key=key)).status == 429
+    await update_user(api, uid, RPM=10)
+    r = await api.post(CHAT, chat(), key=key)
+    assert r.status == 200 and r.headers["x-ratelimit-limit-requests"] == "10"
+
+
+async def test_unlimited_account_gets_no_limit_headers(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    r = await api.post(CHAT, chat())
+    assert r.status == 200 and "x-ratelimit-limit-requests" not in r.headers

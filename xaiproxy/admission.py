@@ -1,0 +1,299 @@
+"""Admission: the checks of SPEC section 5, in order, each with its own error.
+
+1 key -> account, 2 enabled, 3 client IP, 4 resources, 5 body, 6 MODEL_MAPPER,
+7 AllowModels, 8 reservation and HardLimit, 9 rate limits. A refusal raises ApiError
+and changes nothing (a reservation taken in step 8 is released by the caller's
+`release`, which runs on every path).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import time
+from datetime import UTC, datetime
+
+import orjson
+from aiohttp import web
+
+from . import credentials, ledger, limits, pricing, providers, whitelists
+from .context import RequestContext
+from .errors import ApiError
+from .state import Account
+
+_BOUNDARY_RE = re.compile(r'boundary="?([^";]+)"?', re.I)
+_FIELD_NAME_RE = re.compile(rb'[;\s]name="([^"]*)"', re.I)
+MULTIPART_PROMPT_ESTIMATE = 1000  # tokens; a file upload's size says nothing about its tokens
+_month = ["", 0.0]  # "YYYY-MM" and the time it stops being current
+
+
+def current_month() -> str:
+    now = time.time()
+    if now >= _month[1]:
+        dt = datetime.fromtimestamp(now, UTC)
+        nxt = datetime(dt.year + dt.month // 12, dt.month % 12 + 1, 1, tzinfo=UTC)
+        _month[0], _month[1] = dt.strftime("%Y-%m"), nxt.timestamp()
+    return _month[0]
+
+
+class Admission:
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self.settings = gw.settings
+        # Parsed once: the hot path only tests membership.
+        self.trusted = tuple(
+            ipaddress.ip_network(p, strict=False) for p in gw.settings.trusted_proxies
+        )
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Run every check; on return ctx holds account, model, body and reservation."""
+        acc = ctx.account = self.account(ctx.request)
+        ctx.config = self.gw.config(acc.owner_acc.id)
+        self.check_ip(ctx)
+        self.check_resources(ctx)
+        await self.read_body(ctx)
+        self.map_model(ctx)
+        self.check_models(acc, ctx.model)
+        self.reserve(ctx)
+        ctx.limits = limits.scopes(acc, ctx.config.model_limits, ctx.model)
+        if ctx.limits:
+            limits.admit(ctx.limits)
+
+    # -- 1, 2 ---------------------------------------------------------------
+    def account(self, request: web.Request) -> Account:
+        key = client_key(request)
+        acc = self.gw.state.by_key.get(credentials.hash_key(key)) if key else None
+        if acc is None:
+            raise ApiError(
+                401,
+                "invalid_api_key",
+                "missing or invalid API key; send it as 'Authorization: Bearer <key>' or 'x-api-key'",
+            )
+        if not acc.enabled():
+            raise ApiError(
+                403, "account_disabled", "this account or one above it is disabled; ask its parent"
+            )
+        return acc
+
+    # -- 3 ------------------------------------------------------------------
+    def client_ip(self, request: web.Request):
+        """The caller's address; X-Forwarded-For counts only when a trusted proxy sent it."""
+        ip = _ip(request.remote)
+        if ip is None or not self.trusted or not any(ip in n for n in self.trusted):
+            return ip
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed(hops):
+            addr = _ip(hop)
+            if addr is None:
+                return None
+            if not any(addr in n for n in self.trusted):
+                return addr
+        return ip
+
+    def check_ip(self, ctx: RequestContext) -> None:
+        chain = ctx.account.chain
+        if all(a.ip_nets is None for a in chain):
+            return
+        ip = self.client_ip(ctx.request)
+        ctx.client_ip = str(ip or "")
+        if not all(whitelists.ip_allowed(a.ip_nets, ip) for a in chain):
+            raise ApiError(
+                403,
+                "ip_not_allowed",
+                f"requests from {ctx.client_ip or 'this address'} are not allowed for this key;"
+                " add the address to AllowIPs",
+            )
+
+    # -- 4 ------------------------------------------------------------------
+    def check_resources(self, ctx: RequestContext) -> None:
+        path = ctx.path
+        matchers = [a.resource_match for a in ctx.account.chain]
+        matchers.append(ctx.config.resource_match)
+        if not all(m is None or m(path) for m in matchers):
+            raise ApiError(
+                403,
+                "resource_not_allowed",
+                f"{path[:100]} is not in this account's allowed Resources",
+            )
+
+    # -- 5 ------------------------------------------------------------------
+    async def read_body(self, ctx: RequestContext) -> None:
+        request, cap = ctx.request, self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > cap:
+            raise _too_large(cap)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _too_large(cap) from None
+        ctx.body = body
+        ctype = request.headers.get("Content-Type", "")
+        if ctype[:19].lower() == "multipart/form-data":
+            model = self._form_model(ctx, ctype)
+        else:
+            model = self._json_model(ctx)
+        if not model:
+            model = providers.DEFAULT_MODELS.get(ctx.path, "")
+            if not model and ctx.path in providers.MODEL_REQUIRED:
+                raise ApiError(
+                    400, "missing_model", f"{ctx.path} needs a 'model'; name the model to use"
+                )
+        ctx.model = model
+
+    def _json_model(self, ctx: RequestContext) -> str:
+        body = ctx.body
+        if not body.strip():
+            return ""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(
+                400, "invalid_json", "the request body is not valid JSON; send a JSON object"
+            ) from None
+        if not isinstance(payload, dict):
+            raise ApiError(400, "invalid_request", "the request body must be a JSON object")
+        ctx.payload = payload
+        ctx.stream = payload.get("stream") is True
+        ctx.prompt_estimate = max(len(body) // 4, 1)
+        return _model_name(payload.get("model"))
+
+    def _form_model(self, ctx: RequestContext, ctype: str) -> str:
+        ctx.prompt_estimate = MULTIPART_PROMPT_ESTIMATE
+        m = _BOUNDARY_RE.search(ctype)
+        field = form_field(ctx.body, m.group(1).encode("latin-1"), b"model") if m else None
+        if field is None:
+            return ""
+        ctx.payload = field  # (value, start, end) of the model in the original bytes
+        try:
+            return _model_name(field[0].decode())
+        except UnicodeDecodeError:
+            raise ApiError(400, "invalid_request", "model must be a text field") from None
+
+    # -- 6 ------------------------------------------------------------------
+    def map_model(self, ctx: RequestContext) -> None:
+        """MODEL_MAPPER; and for OpenAI chat streams, ask for usage. Re-encode only on change."""
+        ctx.upstream_model = upstream = ctx.config.map_model(ctx.model) if ctx.model else ""
+        payload = ctx.payload
+        if isinstance(payload, tuple):  # multipart: splice the new name into the bytes
+            if upstream != ctx.model:
+                _, start, end = payload
+                ctx.body = ctx.body[:start] + upstream.encode() + ctx.body[end:]
+            return
+        if payload is None:
+            return
+        changed = upstream != ctx.model
+        if changed:
+            payload["model"] = upstream
+        if ctx.stream and ctx.path in providers.INCLUDE_USAGE_PATHS:
+            opts = payload.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage") is True):
+                payload["stream_options"] = {
+                    **(opts if isinstance(opts, dict) else {}),
+                    "include_usage": True,
+                }
+                ctx.strip_usage = changed = True
+        if changed:
+            ctx.body = orjson.dumps(payload)
+
+    # -- 7 ------------------------------------------------------------------
+    @staticmethod
+    def check_models(acc: Account, model: str) -> None:
+        if not model:
+            return
+        if not all(a.model_match is None or a.model_match(model) for a in acc.chain):
+            raise ApiError(
+                403,
+                "model_not_allowed",
+                f"model {model[:100]!r} is not allowed for this key; see GET /v1/models",
+            )
+
+    # -- 8 ------------------------------------------------------------------
+    def reserve(self, ctx: RequestContext) -> None:
+        acc = ctx.account
+        month = current_month()
+        if acc.month != month:
+            acc.month, acc.month_spend = month, 0.0
+        if acc.hard_limit > 0 and acc.month_spend >= acc.hard_limit:
+            raise ApiError(
+                403,
+                "hard_limit_reached",
+                f"this month's spend reached the HardLimit of {acc.hard_limit:g}; "
+                "ask for a higher limit or wait for next month",
+            )
+        estimate_n = self.estimate_n(ctx)
+        if not ledger.reserve(acc, estimate_n, ledger.to_n(self.settings.call_floor, acc.rates)):
+            raise ApiError(
+                403,
+                "insufficient_balance",
+                f"the balance ({ledger.balance(acc):.4f}, less requests in flight) cannot cover "
+                "this request; recharge the account or lower max_tokens",
+            )
+        ctx.reserved_n = estimate_n
+
+    def estimate_n(self, ctx: RequestContext) -> int:
+        """Prompt estimate plus the completion cap, at list price x Factor, in nano base units."""
+        cap = self.settings.default_max_tokens
+        if isinstance(ctx.payload, dict):
+            for name in providers.MAX_TOKENS_FIELDS:
+                value = ctx.payload.get(name)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    cap = value
+                    break
+        ctx.prompt_estimate = max(ctx.prompt_estimate, 1)
+        price = ctx.config.prices(ctx.upstream_model or ctx.model)
+        usd = pricing.cost_usd(price, ctx.prompt_estimate, cap, 0)
+        return math.ceil(usd * ctx.account.factor * ledger.NANO)
+
+
+def release(ctx: RequestContext) -> None:
+    """Give back what step 8 held; safe to call on every path, any number of times."""
+    if ctx.reserved_n:
+        ledger.release(ctx.account, ctx.reserved_n)
+        ctx.reserved_n = 0
+
+
+def client_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+def form_field(body: bytes, boundary: bytes, name: bytes) -> tuple[bytes, int, int] | None:
+    """A multipart field's value and its (start, end) in `body`, read without copying parts."""
+    delim = b"--" + boundary
+    pos = body.find(delim)
+    while pos >= 0:
+        head = pos + len(delim)
+        if body[head : head + 2] == b"--":
+            return None
+        head_end = body.find(b"\r\n\r\n", head)
+        if head_end < 0:
+            return None
+        end = body.find(b"\r\n" + delim, head_end)
+        if end < 0:
+            return None
+        m = _FIELD_NAME_RE.search(body, head, head_end)
+        if m and m.group(1) == name:
+            return body[head_end + 4 : end].strip(), head_end + 4, end
+        pos = end + 2
+    return None
+
+
+def _model_name(value) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 256:
+        raise ApiError(400, "invalid_request", "model must be a string of at most 256 characters")
+    return value.strip()
+
+
+def _ip(text: str | None):
+    try:
+        return ipaddress.ip_address(text) if text else None
+    except ValueError:
+        return None
+
+
+def _too_large(cap: int) -> ApiError:
+    return ApiError(413, "request_too_large", f"request body too large; the limit is {cap} bytes")

@@ -1,0 +1,263 @@
+"""GET /metrics: Prometheus text from a registry of this app's own (no global registry).
+
+Three sources, all cheap on the hot path:
+- every response, when its headers go out (`on_response_prepare`): requests by path,
+  status and owner;
+- every data-plane request, at its end (`gw.hooks.on_request_end`): upstream attempts,
+  failures, fallbacks and key sleeps from `ctx.attempt_log`, tokens and cost by model,
+  rejections by reason, duration and time to first byte;
+- scrape time (a custom collector): streams open, requests in flight, sleeping keys,
+  the batched writer's queue depth, flush latency, flushes and write errors.
+Label children are cached in dicts so a request costs a few lookups and `.inc()`s.
+Label values are bounded: paths are route patterns or the documented /v1 paths.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import __version__
+from .ledger import NANO
+from .openapi import DATA_PLANE_PATHS
+from .plugins import REQUEST_CALLER, context_of
+
+REJECTIONS = frozenset(
+    {
+        "invalid_api_key",
+        "account_disabled",
+        "ip_not_allowed",
+        "resource_not_allowed",
+        "model_not_allowed",
+        "insufficient_balance",
+        "hard_limit_reached",
+        "rate_limit_exceeded",
+        "overloaded",
+    }
+)
+RETRYABLE = frozenset({401, 403, 429})  # and every 5xx, and every network outcome
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write")
+
+
+def path_label(request: web.BaseRequest) -> str:
+    """A bounded label: the route pattern, a documented /v1 path, or 'other'."""
+    path = request.path
+    if path.startswith("/v1/"):
+        return path if path in DATA_PLANE_PATHS else "/v1/other"
+    route = getattr(request.match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else "other"
+
+
+def failed(outcome) -> bool:
+    return not isinstance(outcome, int) or outcome >= 500 or outcome in RETRYABLE
+
+
+def _owner_of(request: web.BaseRequest) -> str:
+    ctx = context_of(request)
+    acc = ctx.account if ctx is not None else request.get(REQUEST_CALLER)
+    owner = acc.owner_acc if acc is not None else None
+    return str(owner.id) if owner is not None else ""
+
+
+class Metrics:
+    """This app's metrics. `observe(ctx)` is the on_request_end hook."""
+
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "xaiproxy_requests", "HTTP requests answered", ["path", "status", "owner"], registry=r
+        )
+        self.attempts = Counter(
+            "xaiproxy_upstream_attempts", "Upstream attempts", ["level", "key"], registry=r
+        )
+        self.failures = Counter(
+            "xaiproxy_upstream_failures",
+            "Upstream attempts that failed (network, 5xx, 429, 401, 403)",
+            ["level", "key", "outcome"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "xaiproxy_upstream_fallbacks",
+            "Moves to another attempt; from_level == to_level is another key, else SWITCH_OVER",
+            ["from_level", "to_level"],
+            registry=r,
+        )
+        self.sleeps = Counter(
+            "xaiproxy_key_sleeps",
+            "Provider keys put to sleep (429: rate_limited, 401/403: auth)",
+            ["level", "key", "reason"],
+            registry=r,
+        )
+        self.tokens = Counter("xaiproxy_tokens", "Tokens billed", ["model", "kind"], registry=r)
+        self.cost = Counter(
+            "xaiproxy_cost_usd", "Cost billed, in base USD (before Rates)", ["model"], registry=r
+        )
+        self.rejections = Counter(
+            "xaiproxy_rejections",
+            "Data-plane requests refused before the upstream",
+            ["reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "xaiproxy_request_duration_seconds",
+            "Data-plane request duration, to the last byte",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "xaiproxy_time_to_first_byte_seconds",
+            "Data-plane time to the first byte sent to the client",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(_ScrapeCollector(gw))
+        self._children: dict[tuple, object] = {}
+
+    def child(self, metric, *labels):
+        """The labelled child, resolved once per label set."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    # -- every response ------------------------------------------------------
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        labels = (path_label(request), str(response.status), _owner_of(request))
+        self.child(self.requests, *labels).inc()
+
+    # -- every data-plane request --------------------------------------------
+    def observe(self, ctx) -> None:
+        if ctx.attempt_log:
+            self._attempts(ctx.attempt_log)
+        if ctx.error in REJECTIONS:
+            self.child(self.rejections, ctx.error).inc()
+        model = ctx.upstream_model or ctx.model
+        if ctx.prompt_tokens or ctx.completion_tokens or ctx.cost_n:
+            self._usage(ctx, model)
+        stream = "true" if ctx.stream else "false"
+        self.child(self.duration, stream).observe(time.perf_counter() - ctx.started)
+        if ctx.ttfb:
+            self.child(self.ttfb, stream).observe(ctx.ttfb)
+
+    def _attempts(self, attempt_log: list) -> None:
+        previous = None
+        for key_id, level, outcome in attempt_log:
+            key, lvl = str(key_id), str(level)
+            self.child(self.attempts, lvl, key).inc()
+            if failed(outcome):
+                self.child(self.failures, lvl, key, str(outcome)).inc()
+            if outcome == 429:
+                self.child(self.sleeps, lvl, key, "rate_limited").inc()
+            elif outcome in (401, 403):
+                self.child(self.sleeps, lvl, key, "auth").inc()
+            if previous is not None:
+                self.child(self.fallbacks, previous, lvl).inc()
+            previous = lvl
+
+    def _usage(self, ctx, model: str) -> None:
+        counts = (
+            ctx.prompt_tokens,
+            ctx.completion_tokens,
+            ctx.cached_tokens,
+            ctx.cache_write_tokens,
+        )
+        for kind, count in zip(TOKEN_KINDS, counts, strict=True):
+            if count:
+                self.child(self.tokens, model, kind).inc(count)
+        if ctx.cost_n:
+            self.child(self.cost, model).inc(ctx.cost_n / NANO)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ScrapeCollector:
+    """Values read when Prometheus scrapes, not kept per request."""
+
+    def __init__(self, gw) -> None:
+        self.gw = gw
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        gw, store = self.gw, self.gw.store
+        yield _gauge("xaiproxy_streams_open", "Streams being relayed now", _streams_open(gw))
+        yield _gauge("xaiproxy_inflight", "Data-plane requests in flight", _inflight(gw))
+        yield _gauge(
+            "xaiproxy_store_queue_depth", "Units waiting for the batched writer", store.queue_depth
+        )
+        yield _gauge(
+            "xaiproxy_store_last_flush_seconds",
+            "Duration of the last group commit",
+            store.last_flush_seconds,
+        )
+        yield _counter("xaiproxy_store_flushes", "Group commits", store.flushes)
+        yield _counter(
+            "xaiproxy_store_write_errors", "Units the writer failed to commit", store.write_errors
+        )
+        yield self._sleeping_keys()
+        info = GaugeMetricFamily("xaiproxy_build_info", "Version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+    def _sleeping_keys(self) -> GaugeMetricFamily:
+        now = time.time()
+        family = GaugeMetricFamily(
+            "xaiproxy_keys_sleeping", "Provider keys asleep now", labels=["owner", "level"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for key in self.gw.state.keys.values():
+            if key.sleep_until > now:
+                labels = (str(key.owner_id), str(key.level))
+                counts[labels] = counts.get(labels, 0) + 1
+        for labels, count in sorted(counts.items()):
+            family.add_metric(list(labels), count)
+        return family
+
+
+def _streams_open(gw) -> int:
+    return int(getattr(gw, "streams_open", 0) or 0)
+
+
+def _inflight(gw) -> int:
+    return int(getattr(getattr(gw, "relay", None), "inflight", 0) or 0)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def _scrape(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup(app: web.Application, gw) -> Metrics | None:
+    """GET /metrics and the hooks that feed it; nothing at all when settings.metrics is off."""
+    if not gw.settings.metrics:
+        return None
+    metrics = Metrics(gw)
+    app[METRICS] = metrics
+    app.on_response_prepare.append(metrics.on_prepare)
+    gw.hooks.on_request_end.append(metrics.observe)
+    app.router.add_get("/metrics", _scrape)
+    return metrics

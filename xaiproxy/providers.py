@@ -1,0 +1,187 @@
+"""OpenAI vs Anthropic, as data: auth headers, usage field names, error events, path rules.
+
+The handler never branches on the provider: it picks a `Protocol` once per request
+(by path) and reads what it needs from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from . import errors
+
+# Headers that describe one hop, never forwarded either way (RFC 9110 7.6.1), plus the
+# ones the gateway sets itself.
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+# Never sent upstream: the client's credentials, and what aiohttp computes itself.
+DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "accept-encoding",
+}
+# Never sent back: the provider's own ids, limits and cookies describe our key, not the client.
+DROP_RESPONSE = HOP_BY_HOP | {
+    "set-cookie",
+    "x-request-id",
+    "request-id",
+    "openai-organization",
+    "openai-project",
+    "anthropic-organization-id",
+    "date",
+    "server",
+}
+DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+# Endpoints that cannot work without a model; elsewhere a missing one takes the default.
+MODEL_REQUIRED = frozenset(
+    (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/audio/speech",
+    )
+)
+DEFAULT_MODELS = {
+    "/v1/moderations": "omni-moderation-latest",
+    "/v1/images/generations": "dall-e-2",
+    "/v1/images/edits": "dall-e-2",
+    "/v1/images/variations": "dall-e-2",
+}
+# Streams where the gateway asks for usage (stream_options.include_usage) itself.
+INCLUDE_USAGE_PATHS = frozenset(("/v1/chat/completions",))
+# Request fields that cap the completion, in the order we look for them.
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFields:
+    """Where a usage object keeps each count; `prompt_excludes_cache` = add cache counts."""
+
+    prompt: tuple[str, ...]
+    completion: tuple[str, ...]
+    cached: tuple[tuple[str, ...], ...]  # paths into the usage object
+    cache_write: tuple[tuple[str, ...], ...]
+    prompt_excludes_cache: bool
+    containers: tuple[str, ...]  # event objects that wrap the usage (message, response)
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    name: str
+    auth_header: str
+    auth_prefix: str
+    version_header: str  # "" when the protocol has none
+    usage: UsageFields
+    anthropic_errors: bool  # error bodies carry the top-level "type": "error"
+
+    def error_event(self, status: int, code: str, message: str) -> bytes:
+        """A well-formed SSE event that ends a broken stream."""
+        err = {"message": message, "type": errors.TYPES.get(status, "api_error"), "code": code}
+        if self.anthropic_errors:
+            data = orjson.dumps({"type": "error", "error": err})
+            return b"event: error\ndata: " + data + b"\n\n"
+        return b"data: " + orjson.dumps({"error": err}) + b"\n\n"
+
+
+OPENAI = Protocol(
+    name="openai",
+    auth_header="Authorization",
+    auth_prefix="Bearer ",
+    version_header="",
+    usage=UsageFields(
+        prompt=("prompt_tokens", "input_tokens"),
+        completion=("completion_tokens", "output_tokens"),
+        cached=(
+            ("prompt_tokens_details", "cached_tokens"),
+            ("input_tokens_details", "cached_tokens"),
+        ),
+        cache_write=(),
+        prompt_excludes_cache=False,
+        containers=("response",),
+    ),
+    anthropic_errors=False,
+)
+ANTHROPIC = Protocol(
+    name="anthropic",
+    auth_header="x-api-key",
+    auth_prefix="",
+    version_header="anthropic-version",
+    usage=UsageFields(
+        prompt=("input_tokens",),
+        completion=("output_tokens",),
+        cached=(("cache_read_input_tokens",),),
+        cache_write=(("cache_creation_input_tokens",),),
+        prompt_excludes_cache=True,
+        containers=("message",),
+    ),
+    anthropic_errors=True,
+)
+AUTH_STYLES = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-key", "")}
+
+
+def for_path(path: str) -> Protocol:
+    return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
+
+
+def auth_headers(
+    protocol: Protocol, secret: str, config: dict, client_version: str | None, default_version: str
+) -> dict[str, str]:
+    """Upstream auth for one key: the protocol's style unless the key's Config names another."""
+    header, prefix = AUTH_STYLES.get(
+        config.get("auth", ""), (protocol.auth_header, protocol.auth_prefix)
+    )
+    out = {header: prefix + secret}
+    if protocol.version_header:
+        out[protocol.version_header] = client_version or default_version
+    extra = config.get("headers")
+    if isinstance(extra, dict):
+        out.update({str(k): str(v) for k, v in extra.items()})
+    return out
+
+
+def _dig(obj: dict, path: tuple[str, ...]) -> int:
+    for name in path:
+        if not isinstance(obj, dict):
+            return 0
+        obj = obj.get(name)
+    return obj if isinstance(obj, int) and not isinstance(obj, bool) else 0
+
+
+def _first(obj: dict, names: tuple[str, ...]) -> int:
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
+def normalize_usage(fields: UsageFields, usage: dict) -> tuple[int, int, int, int]:
+    """(prompt incl. cached, completion, cache read, cache write), as pricing.cost_usd expects."""
+    cached = sum(_dig(usage, p) for p in fields.cached)
+    cache_write = sum(_dig(usage, p) for p in fields.cache_write)
+    prompt = _first(usage, fields.prompt)
+    if fields.prompt_excludes_cache:
+        prompt += cached + cache_write
+    return prompt, _first(usage, fields.completion), cached, cache_write

@@ -1,0 +1,152 @@
+"""Routing: which provider key serves a request, in which order, and which keys rest.
+
+Candidates are the owner's enabled, awake keys at the model's level (LEVEL_MAPPER),
+taken round-robin, then the keys of the level SWITCH_OVER names, following the chain
+without loops. Pools are cached until `state.keys_version` changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Iterator
+
+from yarl import URL
+
+from .state import ProviderKey
+
+HOST_TTL = 300.0  # seconds an SSRF verdict per host is trusted (the connector's DNS TTL)
+
+
+class Refused(Exception):
+    """A provider host resolved to a private address for a key that may not use one."""
+
+
+def _private(ip: str) -> bool:
+    try:
+        return not ipaddress.ip_address(ip.split("%", 1)[0]).is_global
+    except ValueError:
+        return True
+
+
+class Router:
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self._version = -1
+        self._pools: dict[tuple[int, int], list[ProviderKey]] = {}
+        self._turns: dict[tuple[int, int], int] = {}
+        self._bases: dict[int, str] = {}
+        self._hosts: dict[str, tuple[bool, float]] = {}
+
+    # -- candidates ---------------------------------------------------------
+    def _pool(self, owner_id: int, level: int) -> list[ProviderKey]:
+        state = self.gw.state
+        if self._version != state.keys_version:
+            self._pools.clear()
+            self._bases.clear()
+            self._version = state.keys_version
+        pool = self._pools.get((owner_id, level))
+        if pool is None:
+            pool = self._pools[(owner_id, level)] = sorted(
+                state.pool(owner_id, level), key=lambda k: k.id
+            )
+        return pool
+
+    @staticmethod
+    def levels(switch_over: dict[int, int], level: int) -> list[int]:
+        """The level, then SWITCH_OVER's chain from it, each level once."""
+        out = [level]
+        while (level := switch_over.get(level)) is not None and level not in out:
+            out.append(level)
+        return out
+
+    def candidates(
+        self, owner_id: int, switch_over: dict, level: int
+    ) -> Iterator[tuple[int, ProviderKey]]:
+        """(level, key) in the order to try them; round-robin within a level."""
+        for lv in self.levels(switch_over, level):
+            pool = self._pool(owner_id, lv)
+            if not pool:
+                continue
+            n = len(pool)
+            start = self._turns.get((owner_id, lv), 0)
+            self._turns[(owner_id, lv)] = (start + 1) % n
+            now = time.time()
+            for i in range(n):
+                key = pool[(start + i) % n]
+                if key.awake(now):
+                    yield lv, key
+
+    def resting(self, owner_id: int, switch_over: dict, level: int) -> float:
+        """Seconds until the first enabled key of the chain wakes; 0 when there is none."""
+        keys = [k for lv in self.levels(switch_over, level) for k in self._pool(owner_id, lv)]
+        waits = [k.sleep_until - time.time() for k in keys if k.status]
+        return max(min(waits), 0.0) if waits else 0.0
+
+    # -- key health ---------------------------------------------------------
+    def sleep(self, key: ProviderKey, seconds: float, reason: str) -> None:
+        """Rest a key (in memory now, in the store with the next batch, for /x-conf)."""
+        key.sleep_until = time.time() + seconds
+        key.sleep_reason = reason
+        self.gw.store.submit(
+            [
+                (
+                    "UPDATE provider_keys SET sleep_until = ?, sleep_reason = ? WHERE id = ?",
+                    (key.sleep_until, reason, key.id),
+                )
+            ]
+        )
+
+    # -- addresses ----------------------------------------------------------
+    def base(self, key: ProviderKey) -> str:
+        base = self._bases.get(key.id)
+        if base is None:
+            base = key.provider.rstrip("/")
+            if base.endswith("/v1"):
+                base = base[:-3]  # the request path brings its own /v1
+            self._bases[key.id] = base
+        return base
+
+    def url(self, key: ProviderKey, raw_path: str) -> URL:
+        return URL(self.base(key) + raw_path, encoded=True)
+
+    def guarded(self, key: ProviderKey) -> bool:
+        """Keys of non-root owners may not reach private addresses unless the operator allows it."""
+        return key.owner_id != 1 and not self.gw.settings.allow_private_providers
+
+    async def guard(self, key: ProviderKey) -> None:
+        """SSRF: refuse (Refused) a provider host that resolves to a private address."""
+        if not self.guarded(key):
+            return
+        host = URL(self.base(key)).host or ""
+        verdict = self._hosts.get(host)
+        if verdict is None or verdict[1] < time.time():
+            verdict = (await self._resolves_private(host), time.time() + HOST_TTL)
+            self._hosts[host] = verdict
+        if verdict[0]:
+            raise Refused(host)
+
+    @staticmethod
+    async def _resolves_private(host: str) -> bool:
+        try:
+            ipaddress.ip_address(host)
+            return _private(host)
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError:
+            return False  # let the connect fail and count as a connection error
+        return any(_private(info[4][0]) for info in infos)
+
+    def peer_ok(self, key: ProviderKey, resp) -> bool:
+        """Re-check the address actually connected to (DNS may have changed since the guard)."""
+        if not self.guarded(key) or resp.connection is None:
+            return True
+        peer = (
+            resp.connection.transport.get_extra_info("peername")
+            if resp.connection.transport
+            else None
+        )
+        return not peer or not _private(peer[0])
