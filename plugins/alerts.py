@@ -1,5 +1,253 @@
-"""(being written)"""
+"""Email alerts: a month's spend crossing SoftLimit, and a balance falling under LOW_BALANCE.
+
+The on_usage hook runs on the data plane, so it only compares numbers already in
+memory and queues a job; one background task sends the mail through the account
+owner's EMAIL_* settings. Each alert goes out once:
+
+- soft_limit: once per calendar month (UTC), when month spend >= SoftLimit > 0;
+- low_balance: once until the balance is back at or above the owner's LOW_BALANCE
+  (default 3; 0 turns it off); the next request that sees it recovered re-arms it.
+
+What was sent lives in `alerts_sent` and is loaded at start, so a restart sends
+nothing twice. A mail server that fails is retried a few times, then left alone for
+a cool-down; no request ever waits for it or fails because of it. Owners without
+EMAIL_SMTP get no mail (logged once per owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from xaiproxy import ledger
+from xaiproxy.state import Account
+
+log = logging.getLogger("xaiproxy.alerts")
+SOFT, LOW = "soft_limit", "low_balance"
+DEFAULT_PORTS = {"true": 465, "starttls": 587}
+
+
+@dataclass(slots=True, frozen=True)
+class Mail:
+    account_id: int
+    kind: str
+    period: str
+    owner_id: int
+    to: str
+    subject: str
+    text: str
+
+
+class Alerts:
+    """The hook, the set of alerts already out, and the sender task."""
+
+    def __init__(self, gw, queue_size: int = 256, retries: int = 3, backoff: float = 1.0):
+        self.gw = gw
+        self.retries, self.backoff = retries, backoff
+        self.cooldown = 600.0  # seconds before retrying an alert whose sending failed
+        self.smtp_timeout = 15.0
+        self.drain_timeout = 5.0
+        self.soft: dict[int, str] = {}  # account -> month of its last soft-limit alert
+        self.low: set[int] = set()  # accounts with a low-balance alert out
+        self.failed: dict[tuple[int, str], float] = {}  # (account, kind) -> retry after
+        self.no_smtp: set[int] = set()  # owners already logged as having no EMAIL_SMTP
+        self.queue: asyncio.Queue[Mail] = asyncio.Queue(queue_size)
+        self.task: asyncio.Task | None = None
+        self.sent = 0
+        self._month, self._month_end = "", 0.0
+
+    # -- lifecycle --------------------------------------------------------
+    async def start(self) -> None:
+        rows = await self.gw.store.fetchall("SELECT account_id, kind, period FROM alerts_sent")
+        for account_id, kind, period in rows:
+            if kind == SOFT and period > self.soft.get(account_id, ""):
+                self.soft[account_id] = period
+            elif kind == LOW:
+                self.low.add(account_id)
+        self.task = asyncio.create_task(self._run(), name="xaiproxy-alerts")
+
+    async def stop(self) -> None:
+        """Give queued mail a short while to go out, then stop the sender."""
+        if self.task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), self.drain_timeout)
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.task = None
+
+    # -- the hook (data plane: memory only, never blocks) -------------------
+    def on_usage(self, ctx) -> None:
+        acc = ctx.account
+        if acc is None or acc.is_root or self.task is None:
+            return
+        self.check_soft(acc)
+        self.check_low(acc)
+
+    def check_soft(self, acc: Account) -> None:
+        if acc.soft_limit <= 0 or acc.month_spend < acc.soft_limit:
+            return
+        month = self.month()
+        if acc.month != month or self.soft.get(acc.id) == month:
+            return
+        subject = f"[xaiproxy] {acc.name}: spend this month reached the soft limit"
+        text = (
+            f"Account {acc.name} (ID {acc.id}) has spent {acc.month_spend:.4f} in {month},"
+            f" at or above its soft limit of {acc.soft_limit:g}.\n"
+            f"Requests stop at the hard limit of {acc.hard_limit:g}.\n"
+        )
+        if self._queue(acc, SOFT, month, subject, text):
+            self.soft[acc.id] = month
+
+    def check_low(self, acc: Account) -> None:
+        threshold = self.gw.config(acc.owner_acc.id).number("LOW_BALANCE")
+        if threshold <= 0:
+            return
+        balance = ledger.balance(acc)
+        if balance >= threshold:
+            if acc.id in self.low:  # recharged: re-arm
+                self.low.discard(acc.id)
+                self.gw.store.submit(
+                    [("DELETE FROM alerts_sent WHERE account_id = ? AND kind = ?", (acc.id, LOW))]
+                )
+            return
+        if acc.id in self.low:
+            return
+        subject = f"[xaiproxy] {acc.name}: low balance"
+        text = (
+            f"Account {acc.name} (ID {acc.id}) has a balance of {balance:.4f},"
+            f" under the low-balance threshold of {threshold:g}.\n"
+            "Recharge it to keep requests going.\n"
+        )
+        if self._queue(acc, LOW, time.strftime("%Y-%m-%d", time.gmtime()), subject, text):
+            self.low.add(acc.id)
+
+    def month(self) -> str:
+        """The current UTC month, recomputed only when a month ends."""
+        now = time.time()
+        if now >= self._month_end:
+            dt = datetime.fromtimestamp(now, UTC)
+            nxt = datetime(dt.year + dt.month // 12, dt.month % 12 + 1, 1, tzinfo=UTC)
+            self._month, self._month_end = dt.strftime("%Y-%m"), nxt.timestamp()
+        return self._month
+
+    def _queue(self, acc: Account, kind: str, period: str, subject: str, text: str) -> bool:
+        owner = acc.owner_acc
+        if not self.gw.config(owner.id).values.get("EMAIL_SMTP"):
+            if owner.id not in self.no_smtp:
+                self.no_smtp.add(owner.id)
+                log.warning("owner %d has no EMAIL_SMTP: %s alerts are not mailed", owner.id, kind)
+            return False
+        if self.failed.get((acc.id, kind), 0.0) > time.time():
+            return False
+        mail = Mail(acc.id, kind, period, owner.id, acc.billing_email or acc.email, subject, text)
+        try:
+            self.queue.put_nowait(mail)
+        except asyncio.QueueFull:
+            log.warning("alert queue full: %s alert for account %d dropped for now", kind, acc.id)
+            return False
+        return True
+
+    # -- the sender -------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            mail = await self.queue.get()
+            try:
+                await self._deliver(mail)
+            finally:
+                self.queue.task_done()
+
+    async def _deliver(self, mail: Mail) -> None:
+        for attempt in range(1, self.retries + 1):
+            try:
+                await self.send(mail)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any mail failure: log, back off, never propagate
+                log.warning(
+                    "%s alert for account %d: attempt %d/%d failed: %s",
+                    mail.kind,
+                    mail.account_id,
+                    attempt,
+                    self.retries,
+                    type(exc).__name__,
+                )
+                if attempt < self.retries:
+                    await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            else:
+                self._record(mail)
+                return
+        self._give_up(mail)
+
+    def _record(self, mail: Mail) -> None:
+        self.sent += 1
+        self.gw.store.submit(
+            [
+                (
+                    "INSERT OR REPLACE INTO alerts_sent (account_id, kind, period, sent_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (mail.account_id, mail.kind, mail.period, time.time()),
+                )
+            ]
+        )
+
+    def _give_up(self, mail: Mail) -> None:
+        """Unmark, so the alert goes out once the server is back (after a cool-down)."""
+        self.failed[(mail.account_id, mail.kind)] = time.time() + self.cooldown
+        if mail.kind == SOFT and self.soft.get(mail.account_id) == mail.period:
+            del self.soft[mail.account_id]
+        elif mail.kind == LOW:
+            self.low.discard(mail.account_id)
+
+    async def send(self, mail: Mail) -> None:
+        """One message through the owner's SMTP server (EMAIL_* config)."""
+        values = self.gw.config(mail.owner_id).values
+        host = values.get("EMAIL_SMTP")
+        if not host:
+            raise RuntimeError("the owner removed EMAIL_SMTP")
+        msg = EmailMessage()
+        msg["From"] = values.get("XAI_MAIL") or values.get("EMAIL_AUTH") or f"xaiproxy@{host}"
+        msg["To"] = mail.to
+        msg["Subject"] = mail.subject
+        msg.set_content(mail.text)
+        await aiosmtplib.send(msg, **smtp_options(values, self.smtp_timeout))
+
+
+def smtp_options(values: dict, timeout: float) -> dict:
+    """aiosmtplib options from EMAIL_*: EMAIL_TLS true = implicit TLS, starttls, or false."""
+    tls = str(values.get("EMAIL_TLS", "")).lower()
+    options = {
+        "hostname": values["EMAIL_SMTP"],
+        "port": int(values.get("EMAIL_PORT") or DEFAULT_PORTS.get(tls, 25)),
+        "use_tls": tls == "true",
+        # Unset: STARTTLS when the server offers it; false: never.
+        "start_tls": {"starttls": True, "false": False}.get(tls),
+        "timeout": timeout,
+    }
+    if values.get("EMAIL_AUTH"):
+        options["username"] = values["EMAIL_AUTH"]
+        options["password"] = values.get("EMAIL_PASS", "")
+    return options
+
+
+def instance(gw) -> Alerts | None:
+    """The Alerts a gateway runs (its on_usage hook's owner), for operators and tests."""
+    for hook in gw.hooks.on_usage:
+        if isinstance(getattr(hook, "__self__", None), Alerts):
+            return hook.__self__
+    return None
 
 
 def setup(gw) -> None:
-    pass
+    alerts = Alerts(gw)
+    gw.hooks.on_usage.append(alerts.on_usage)
+    gw.on_startup(alerts.start)
+    gw.on_shutdown(alerts.stop)

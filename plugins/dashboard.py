@@ -1,5 +1,178 @@
-"""(being written)"""
+"""/dashboard/*: an account's own status, details, usage and operation logs.
+
+Every caller may read its own dashboard (no balance threshold). Nothing here names
+another account, so there is nothing to scope but "me".
+
+Logs: an account sees the operations it made, and the operations made on it by
+an ancestor (its creation, updates, recharges, key rotations, news for it). Only
+actions whose target is an account count for the second part, so a provider key
+that happens to share an account's ID never leaks its log to that account. A
+child never sees what its parent did to anyone else.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from xaiproxy.errors import ApiError
+from xaiproxy.state import Account
+
+from . import _reports as reports
+from . import _userfields as uf
+
+# Actions whose target_id is an account ID (key and config actions target other things).
+ACCOUNT_ACTIONS = (
+    "add_user",
+    "update_user",
+    "recharge_user",
+    "refund_user",
+    "delete_user",
+    "rotate_self",
+    "rotate_root",
+    "create_news",
+    "delete_news",
+)
+USER_FIELDS = ("ID", "Name", "Email", "Alias", "BillingEmail", "ParentID", "DNA", "Level")
+USER_FIELDS += ("Status", "Owner", "Rates", "Factor", "Gear", "Role", "Tier", "PartialKey")
+USER_FIELDS += ("CreditGranted", "CreatedAt", "UpdatedAt")
+LIMIT_FIELDS = ("HardLimit", "SoftLimit", "RPM", "RPH", "RPD", "TPM", "TPH", "TPD")
+LIMIT_FIELDS += ("ModelLimits", "ChildLimit")
+LIST_FIELDS = ("AllowIPs", "AllowModels", "Resources")
+NO_QUERY = {"type": "object", "properties": {}}  # nothing to ask; extras are ignored
+BILL_QUERY = {"type": "object", "properties": reports.DATE_QUERY, "additionalProperties": False}
+_NUMBER = {"type": "string", "pattern": "^[0-9]{1,9}$"}
+LOGS_QUERY = {
+    "type": "object",
+    "properties": {
+        "page": _NUMBER,
+        "size": _NUMBER,
+        "action": {"type": "string", "pattern": "^[a-z_]{1,40}$"},
+        "target_id": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        "status": {"type": "string", "pattern": "^[a-z_]{1,20}$"},
+    },
+    "additionalProperties": False,
+}
+
+
+async def user_status(call):
+    acc = call.caller
+    return call.json(
+        {
+            "object": "user_status",
+            "id": acc.id,
+            "name": acc.name,
+            "email": acc.email,
+            "balance": uf.balance(acc),  # None for root: unlimited
+            "dna": acc.dna,
+        }
+    )
+
+
+async def user_info(call):
+    acc, store = call.caller, call.gw.store
+    view = uf.view(acc)
+    usage = {
+        "today": await reports.totals(store, acc.id, reports.day_start(), acc.rates),
+        "month": await reports.totals(store, acc.id, reports.month_start(), acc.rates),
+    }
+    return call.json(
+        {
+            "object": "user_info",
+            "user": {f: view[f] for f in USER_FIELDS} | {"Children": len(acc.children)},
+            "balance": {"Balance": view["Balance"], "CreditBalance": view["CreditBalance"]},
+            "limits": {f: view[f] for f in LIMIT_FIELDS},
+            "usage": usage,
+            "whitelists": {f: view[f] for f in LIST_FIELDS},
+        }
+    )
+
+
+async def own_bill(call):
+    acc = call.caller
+    span = reports.parse_range(call.query)
+    report = await reports.by_day(call.gw.store, reports.account_scope(acc.id), span, acc.rates)
+    return call.json({"object": "list", **report})
+
+
+def _log_filter(acc: Account, query: dict) -> tuple[str, list]:
+    marks = ", ".join("?" * len(ACCOUNT_ACTIONS))
+    where = [f"(operator_id = ? OR (target_id = ? AND action IN ({marks})))"]
+    params: list = [acc.id, acc.id, *ACCOUNT_ACTIONS]
+    for name in ("action", "target_id", "status"):
+        if query.get(name) is not None:
+            where.append(f"{name} = ?")
+            params.append(int(query[name]) if name == "target_id" else query[name])
+    return " AND ".join(where), params
+
+
+def _log_row(row) -> dict:
+    ts = datetime.fromtimestamp(row["ts"], UTC)
+    return {
+        "id": row["id"],
+        "action": row["action"],
+        "operator_id": row["operator_id"],
+        "target_id": row["target_id"],
+        "details": row["details"],
+        "status": row["status"],
+        "created_at": ts.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+async def user_logs(call):
+    page, size = int(call.query.get("page") or 1), int(call.query.get("size") or 24)
+    if page < 1 or not 1 <= size <= 100:
+        raise ApiError(400, "invalid_paging", "page must be >= 1 and size 1-100")
+    where, params = _log_filter(call.caller, call.query)
+    store = call.gw.store
+    total = await store.scalar(f"SELECT COUNT(*) FROM op_logs WHERE {where}", params)
+    rows = await store.fetchall(
+        f"SELECT id, ts, action, operator_id, target_id, details, status FROM op_logs"
+        f" WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+        (*params, size, (page - 1) * size),
+    )
+    logs = [_log_row(r) for r in rows]
+    return call.json(
+        {
+            "logs": logs,
+            "total": total,
+            "page": page,
+            "size": size,
+            "has_more": (page - 1) * size + len(logs) < total,
+        }
+    )
 
 
 def setup(gw) -> None:
-    pass
+    tag = "dashboard"
+    gw.route(
+        "GET",
+        "/dashboard/x-user-status",
+        user_status,
+        summary="Your ID, name, email, balance and DNA",
+        query=NO_QUERY,
+        tag=tag,
+    )
+    gw.route(
+        "GET",
+        "/dashboard/x-user-info",
+        user_info,
+        summary="Your account: details, balance and grants, limits, usage, whitelists",
+        query=NO_QUERY,
+        tag=tag,
+    )
+    gw.route(
+        "GET",
+        "/dashboard/bill",
+        own_bill,
+        summary="Your own usage by day and model (default: this month)",
+        query=BILL_QUERY,
+        tag=tag,
+    )
+    gw.route(
+        "GET",
+        "/dashboard/x-user-logs",
+        user_logs,
+        summary="Operations you made or that were made on your account, newest first",
+        query=LOGS_QUERY,
+        tag=tag,
+    )

@@ -1,5 +1,213 @@
-"""(being written)"""
+"""News: POST/DELETE /x-news[/{target}] and GET /dashboard/x-user-news.
+
+System news (root only) reaches every account. Targeted news names an account (ID,
+name or email) below the caller, or a DNA group like `.1.42.`: that account and
+everything below it, matched against the tree as it is when the news is read. A
+caller may address its own DNA group (news for its whole subtree). Deleting a target
+removes the news the caller wrote for it; root's DELETE /x-news removes all system
+news. Expired items are never shown and are pruned whenever news is written.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from xaiproxy.errors import ApiError
+from xaiproxy.ledger import DAY
+from xaiproxy.state import Account
+
+from ._userfields import iso
+
+DNA_RE = re.compile(r"^\.(?:[0-9]{1,18}\.)+$")
+SYSTEM_DAYS, TARGETED_DAYS = 7.0, 32.0
+LIMIT = 100  # items of each kind a reader gets, newest first
+NEWS_BODY = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "minLength": 1, "maxLength": 200},
+        "content": {"type": "string", "minLength": 1, "maxLength": 20000},
+        "days": {"type": "number", "exclusiveMinimum": 0, "maximum": 3650},
+    },
+    "required": ["title", "content"],
+    "additionalProperties": False,
+}
+NO_BODY = {"type": "object", "properties": {}, "additionalProperties": False}
+NO_QUERY = {"type": "object", "properties": {}}
+_COLUMNS = "id, title, content, created_at, expires_at"
+
+
+class Target:
+    """Whom a targeted news item is for: one account, or a DNA group (account + subtree)."""
+
+    __slots__ = ("account", "dna")
+
+    def __init__(self, account: Account, dna: str | None) -> None:
+        self.account, self.dna = account, dna
+
+    @property
+    def label(self) -> str:
+        return f"group {self.dna}" if self.dna else f"account {self.account.id}"
+
+    def match(self) -> tuple[str, tuple]:
+        if self.dna:
+            return "target_dna = ?", (self.dna,)
+        return "target_id = ?", (self.account.id,)
+
+
+def resolve(state, caller: Account, ident: str) -> Target:
+    """The path's target, inside the caller's subtree; 404 otherwise."""
+    if not DNA_RE.match(ident):
+        return Target(state.descendant(caller, ident), None)
+    acc = state.accounts.get(int(ident.split(".")[-2]))
+    inside = acc is not None and (acc is caller or acc.is_descendant_of(caller))
+    if not inside or acc.dna != ident:
+        raise ApiError(404, "not_found", f"DNA group {ident[:64]!r} not found")
+    return Target(acc, ident)
+
+
+def _item(row) -> dict:
+    return {
+        "id": row["id"],
+        "title": row["title"],
+        "content": row["content"],
+        "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
+    }
+
+
+async def _create(call, target: Target | None, default_days: float):
+    gw, caller, body = call.gw, call.caller, call.body
+    now, news_id = time.time(), gw.state.next_id("news")
+    expires = now + float(body.get("days", default_days)) * DAY
+    target_id = None if target is None or target.dna else target.account.id
+    target_dna = target.dna if target else None
+    label = target.label if target else "system"
+    await gw.store.write(
+        [
+            ("DELETE FROM news WHERE expires_at <= ?", (now,)),
+            (
+                "INSERT INTO news (id, author_id, target_id, target_dna, title, content,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (news_id, caller.id, target_id, target_dna, body["title"], body["content"])
+                + (now, expires),
+            ),
+            gw.oplog(
+                caller,
+                "create_news",
+                target.account.id if target else 0,
+                f"news {news_id} for {label}: {body['title'][:100]}",
+            ),
+        ]
+    )
+    item = {"id": news_id, "title": body["title"], "content": body["content"]}
+    item |= {"target": label, "created_at": iso(now), "expires_at": iso(expires)}
+    return call.json({"success": True, "news": item}, status=201)
+
+
+async def create_system(call):
+    return await _create(call, None, SYSTEM_DAYS)
+
+
+async def create_targeted(call):
+    target = resolve(call.gw.state, call.caller, call.param("target"))
+    return await _create(call, target, TARGETED_DAYS)
+
+
+async def _delete(call, where: str, params: tuple, target: Target | None):
+    gw, caller = call.gw, call.caller
+    rows = await gw.store.fetchall(f"SELECT id FROM news WHERE {where}", params)
+    ids = [r[0] for r in rows]
+    if ids:
+        label = target.label if target else "system"
+        await gw.store.write(
+            [
+                ("DELETE FROM news WHERE id IN (SELECT value FROM json_each(?))", (str(ids),)),
+                gw.oplog(
+                    caller,
+                    "delete_news",
+                    target.account.id if target else 0,
+                    f"deleted {len(ids)} news for {label}",
+                ),
+            ]
+        )
+    return call.json({"success": True, "deleted": len(ids)})
+
+
+async def delete_system(call):
+    return await _delete(call, "target_id IS NULL AND target_dna IS NULL", (), None)
+
+
+async def delete_targeted(call):
+    target = resolve(call.gw.state, call.caller, call.param("target"))
+    match, params = target.match()
+    return await _delete(call, f"author_id = ? AND {match}", (call.caller.id, *params), target)
+
+
+async def user_news(call):
+    acc, store, now = call.caller, call.gw.store, time.time()
+    system = await store.fetchall(
+        f"SELECT {_COLUMNS} FROM news WHERE target_id IS NULL AND target_dna IS NULL"
+        " AND expires_at > ? ORDER BY created_at DESC, id DESC LIMIT ?",
+        (now, LIMIT),
+    )
+    # A DNA group contains the reader when it is a prefix of the reader's current DNA.
+    mine = await store.fetchall(
+        f"SELECT {_COLUMNS} FROM news WHERE expires_at > ? AND (target_id = ?"
+        " OR (target_dna IS NOT NULL AND substr(?, 1, length(target_dna)) = target_dna))"
+        " ORDER BY created_at DESC, id DESC LIMIT ?",
+        (now, acc.id, acc.dna, LIMIT),
+    )
+    return call.json(
+        {
+            "success": True,
+            "system_news": [_item(r) for r in system],
+            "user_news": [_item(r) for r in mine],
+        }
+    )
 
 
 def setup(gw) -> None:
-    pass
+    tag = "news"
+    gw.route(
+        "POST",
+        "/x-news",
+        create_system,
+        summary="Publish system-wide news (root only; default 7 days)",
+        body=NEWS_BODY,
+        root_only=True,
+        tag=tag,
+    )
+    gw.route(
+        "POST",
+        "/x-news/{target}",
+        create_targeted,
+        summary="Publish news for an account or DNA group below you (default 32 days)",
+        body=NEWS_BODY,
+        tag=tag,
+    )
+    gw.route(
+        "DELETE",
+        "/x-news",
+        delete_system,
+        summary="Delete all system news (root only)",
+        body=NO_BODY,
+        root_only=True,
+        tag=tag,
+    )
+    gw.route(
+        "DELETE",
+        "/x-news/{target}",
+        delete_targeted,
+        summary="Delete the news you published for an account or DNA group",
+        body=NO_BODY,
+        tag=tag,
+    )
+    gw.route(
+        "GET",
+        "/dashboard/x-user-news",
+        user_news,
+        summary="Unexpired system news and news for you or a group you belong to",
+        query=NO_QUERY,
+        tag=tag,
+    )

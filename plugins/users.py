@@ -240,6 +240,7 @@ def _remove(gw, caller: Account, acc: Account):
         )
         # Usage rows carry the DNA so billing scopes (x-bill by subtree) follow the move.
         ops.append(("UPDATE usage SET dna = ? WHERE account_id = ?", (m.dna, m.id)))
+        ops.append(("UPDATE usage_daily SET dna = ? WHERE account_id = ?", (m.dna, m.id)))
     details = f"deleted user {acc.name}; parent received {back:g}; {len(moved)} accounts moved up"
     ops.append(gw.oplog(caller, "delete_user", acc.id, details))
     user = {"ID": acc.id, "Name": acc.name, "Refunded": back, "Moved": [m.id for m in moved]}

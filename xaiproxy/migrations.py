@@ -160,3 +160,42 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
+
+# 2: a daily rollup of usage kept by a trigger, so reports read thousands of rows
+# instead of millions and can never drift from the raw records.
+MIGRATIONS.append(
+    """
+    CREATE TABLE usage_daily (
+        day INTEGER NOT NULL,            -- UTC day number: ts / 86400
+        account_id INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        dna TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_n INTEGER NOT NULL,
+        PRIMARY KEY (day, account_id, model)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_daily_dna ON usage_daily(dna, day);
+    CREATE INDEX usage_daily_account ON usage_daily(account_id, day);
+
+    INSERT INTO usage_daily
+    SELECT CAST(ts / 86400 AS INTEGER), account_id, model, MAX(dna), COUNT(*),
+           SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(cost_n)
+    FROM usage GROUP BY 1, 2, 3;
+
+    CREATE TRIGGER usage_rollup AFTER INSERT ON usage BEGIN
+        INSERT INTO usage_daily VALUES (
+            CAST(NEW.ts / 86400 AS INTEGER), NEW.account_id, NEW.model, NEW.dna, 1,
+            NEW.prompt_tokens, NEW.completion_tokens, NEW.cached_tokens, NEW.cost_n)
+        ON CONFLICT (day, account_id, model) DO UPDATE SET
+            requests = requests + 1,
+            prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+            completion_tokens = completion_tokens + excluded.completion_tokens,
+            cached_tokens = cached_tokens + excluded.cached_tokens,
+            cost_n = cost_n + excluded.cost_n,
+            dna = excluded.dna;
+    END;
+    """
+)

@@ -142,7 +142,7 @@ async def test_level_mapper_extended_once_per_family(api):
     r = await add(api, secret=ANTHROPIC_SECRET, level=2, provider="https://api.anthropic.com")
     assert r.body["LevelMapper"] == {"claude*": 2}
     cfg = api.gw.config(1)
-    assert cfg.level_of("claude-sonnet-4-5") == 2 and cfg.level_of("gpt-4o") == 1
+    assert cfg.level_of("claude-haiku-4-5") == 2 and cfg.level_of("gpt-4o") == 1
     again = await add(
         api, secret="sk-ant-other-" + "d" * 30, level=3, provider="https://api.anthropic.com"
     )

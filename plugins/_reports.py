@@ -1,0 +1,207 @@
+"""Shared by /x-bill and the dashboard: date ranges from the query, usage aggregated in SQL.
+
+Costs are reported in the *viewer's* units: SUM(cost_n) (base worth) x viewer.Rates. So a
+parent's report adds up its children's spend at the worth it pays for it, whatever Rates
+each child has, and an account's own report equals what left its balance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from xaiproxy.errors import ApiError
+from xaiproxy.ledger import NANO
+
+DAY = 86400
+MAX_DAYS = 3660
+_DATE = {"type": "string", "maxLength": 10}
+_DAYS = {"type": "string", "pattern": "^[0-9]{1,6}$"}
+# The date parameters, short and long names alike (values checked by parse_range).
+DATE_QUERY = {
+    "d": _DATE,
+    "date": _DATE,
+    "s": _DATE,
+    "start": _DATE,
+    "e": _DATE,
+    "end": _DATE,
+    "days": _DAYS,
+}
+
+
+@dataclass(slots=True, frozen=True)
+class Scope:
+    """Which usage rows a report covers: a SQL condition with its parameters."""
+
+    where: str
+    params: tuple
+
+
+ALL = Scope("1", ())
+
+
+def subtree_scope(state, acc) -> Scope:
+    """An account and everything below it: a DNA range (not LIKE), so an index serves it."""
+    if acc.is_root:
+        return ALL
+    dna = acc.dna
+    upper = dna[:-1] + chr(ord(dna[-1]) + 1)  # ".1.42." -> ".1.42/"
+    return Scope("dna >= ? AND dna < ?", (dna, upper))
+
+
+def account_scope(account_id: int) -> Scope:
+    return Scope("account_id = ?", (account_id,))
+
+
+def accounts_scope(ids: list[int]) -> Scope:
+    # One JSON parameter however many accounts a filter matched (no 999-variable limit).
+    return Scope("account_id IN (SELECT value FROM json_each(?))", (str(sorted(ids)),))
+
+
+def pick(query: dict, short: str, long: str) -> str | None:
+    """A parameter given by its short or long name (not both, unless equal)."""
+    a, b = query.get(short), query.get(long)
+    if a is not None and b is not None and a != b:
+        raise ApiError(400, "invalid_request", f"give either {short} or {long}, not both")
+    return a if a is not None else b
+
+
+def _day(text: str, name: str) -> date:
+    try:
+        if len(text) == 10:
+            return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        pass
+    raise ApiError(400, "invalid_date", f"{name} must be a date as YYYY-MM-DD, like 2025-01-31")
+
+
+def _midnight(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def parse_range(query: dict, now: float | None = None) -> tuple[float, float]:
+    """[start, end) epoch seconds from d|date, s|start + e|end, or days; default this month.
+
+    Dates are UTC days and inclusive: start=2025-01-01&end=2025-01-31 is all of January.
+    `days=N` is the N days ending today. Combining `date` or `days` with anything else is
+    ambiguous and refused.
+    """
+    today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
+    one = pick(query, "d", "date")
+    start, end = pick(query, "s", "start"), pick(query, "e", "end")
+    days = query.get("days")
+    if sum(x is not None for x in (one, days, start or end)) > 1:
+        raise ApiError(400, "invalid_request", "use one of: date, start/end, or days")
+    if one is not None:
+        first = last = _day(one, "date")
+    elif days is not None:
+        count = int(days)
+        if not 1 <= count <= MAX_DAYS:
+            raise ApiError(400, "invalid_request", f"days must be from 1 to {MAX_DAYS}")
+        first, last = today - timedelta(days=count - 1), today
+    else:
+        last = _day(end, "end") if end else today
+        first = _day(start, "start") if start else last.replace(day=1)
+    if first > last:
+        raise ApiError(400, "invalid_range", "start is after end; swap them")
+    if (last - first).days >= MAX_DAYS:
+        raise ApiError(400, "invalid_range", f"a report covers at most {MAX_DAYS} days")
+    return _midnight(first), _midnight(last) + DAY
+
+
+def money(value_n: int | None, rates: float) -> float:
+    return round((value_n or 0) * rates / NANO, 9)
+
+
+# Reports read the daily rollup (migration 2), which a trigger keeps in step with
+# every usage row; spans are whole UTC days, so day numbers bound them exactly.
+_BY_DAY = (
+    "SELECT day, model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),"
+    " SUM(cached_tokens), SUM(cost_n) FROM usage_daily"
+    " WHERE {where} AND day >= ? AND day < ? GROUP BY day, model ORDER BY day, model"
+)
+_BY_ACCOUNT = (
+    "SELECT account_id, SUM(requests), SUM(cost_n) FROM usage_daily"
+    " WHERE {where} AND day >= ? AND day < ? GROUP BY account_id"
+)
+
+
+def _days(span: tuple[float, float]) -> tuple[int, int]:
+    return int(span[0] // DAY), int(-(-span[1] // DAY))
+
+
+async def by_day(store, scope: Scope, span: tuple[float, float], rates: float) -> dict:
+    """{"data": [one entry per day with usage], "total_usage": {requests, cost}} (seed shape)."""
+    rows = await store.fetchall(_BY_DAY.format(where=scope.where), (*scope.params, *_days(span)))
+    days: dict[int, dict] = {}
+    total_requests, total_n = 0, 0
+    for day, model, requests, prompt, completion, cached, cost_n in rows:
+        entry = days.get(day) or days.setdefault(day, _empty_day(day))
+        entry["n_requests"] += requests
+        entry["n_context_tokens_total"] += prompt or 0
+        entry["n_generated_tokens_total"] += completion or 0
+        entry["n_cached_tokens_total"] += cached or 0
+        entry["usage_details"][model] = {
+            "requests": requests,
+            "prompt": prompt or 0,
+            "completion": completion or 0,
+            "cost": money(cost_n, rates),
+        }
+        total_requests += requests
+        total_n += cost_n or 0
+    return {
+        "data": list(days.values()),
+        "total_usage": {"requests": total_requests, "cost": money(total_n, rates)},
+    }
+
+
+def _empty_day(day: int) -> dict:
+    return {
+        "aggregation_timestamp": day * DAY,
+        "n_requests": 0,
+        "n_context_tokens_total": 0,
+        "n_generated_tokens_total": 0,
+        "n_cached_tokens_total": 0,
+        "usage_details": {},
+    }
+
+
+async def by_account(store, scope: Scope, span: tuple[float, float]) -> list[tuple[int, int, int]]:
+    """(account_id, requests, cost_n) per account, most expensive first."""
+    rows = await store.fetchall(
+        _BY_ACCOUNT.format(where=scope.where), (*scope.params, *_days(span))
+    )
+    return sorted(((r[0], r[1], r[2] or 0) for r in rows), key=lambda r: (-r[2], -r[1], r[0]))
+
+
+def percent(part: float, whole: float) -> float:
+    return round(100.0 * part / whole, 2) if whole else 0.0
+
+
+async def totals(store, account_id: int, since: float, rates: float) -> dict:
+    """One account's requests, tokens and cost since a moment (x-user-info's today / month)."""
+    row = await store.fetchone(
+        "SELECT COALESCE(SUM(requests), 0), SUM(prompt_tokens), SUM(completion_tokens),"
+        " SUM(cached_tokens), SUM(cost_n) FROM usage_daily WHERE account_id = ? AND day >= ?",
+        (account_id, int(since // DAY)),
+    )
+    requests, prompt, completion, cached, cost_n = row
+    return {
+        "requests": requests,
+        "prompt_tokens": prompt or 0,
+        "completion_tokens": completion or 0,
+        "cached_tokens": cached or 0,
+        "total_tokens": (prompt or 0) + (completion or 0),
+        "cost": money(cost_n, rates),
+    }
+
+
+def day_start(now: float | None = None) -> float:
+    now = time.time() if now is None else now
+    return now - now % DAY
+
+
+def month_start(now: float | None = None) -> float:
+    dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return _midnight(dt.date().replace(day=1))
