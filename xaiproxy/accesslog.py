@@ -10,8 +10,9 @@ anything in a path that looks like a key is cut to its display prefix.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import logging.handlers
+import os
 import re
 import secrets
 import sys
@@ -24,6 +25,7 @@ from aiohttp.abc import AbstractAccessLogger
 from . import credentials
 from .plugins import REQUEST_CALLER, context_of
 
+log = logging.getLogger("xaiproxy.accesslog")
 REQUEST_ID = "x-request-id"
 _RID = web.RequestKey("request_id", str)
 _KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
@@ -100,32 +102,85 @@ def line(request: web.BaseRequest, response: web.StreamResponse, elapsed: float)
     return orjson.dumps(record)
 
 
+class LineSink:
+    """Buffered line writer: one write per flush (every 0.1 s or 256 lines), not per request.
+
+    A file target is reopened when logrotate moves it (checked once per flush).
+    """
+
+    FLUSH_SECONDS = 0.1
+    MAX_LINES = 256
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._lines: list[bytes] = []
+        self._handle = None
+        self._scheduled = False
+
+    def write(self, line: bytes) -> None:
+        self._lines.append(line)
+        if len(self._lines) >= self.MAX_LINES:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        data = b"\n".join(self._lines) + b"\n"
+        self._lines.clear()
+        try:
+            handle = self._open()
+            handle.write(data)
+            handle.flush()
+        except OSError as exc:  # a full disk must not break requests
+            log.error("access log write failed: %s", exc)
+
+    def _open(self):
+        if self.target == "-":
+            return sys.stderr.buffer
+        if self._handle is not None:
+            try:
+                moved = os.stat(self.target).st_ino != os.fstat(self._handle.fileno()).st_ino
+            except FileNotFoundError:
+                moved = True
+            if not moved:
+                return self._handle
+            self._handle.close()
+        self._handle = open(self.target, "ab")  # noqa: SIM115 - kept open across flushes
+        return self._handle
+
+    def close(self) -> None:
+        self.flush()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
 class JsonAccessLogger(AbstractAccessLogger):
-    """aiohttp access logger writing `line(...)` through a logging.Logger (see `make_logger`)."""
+    """aiohttp access logger writing `line(...)` to a LineSink (see `make_logger`)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         # `time` is aiohttp's name for the seconds the request took.
         try:
-            self.logger.info(line(request, response, time).decode())
+            self.logger.write(line(request, response, time))
         except Exception:  # a log line must never break a request
-            self.logger.exception("access log line failed")
+            log.exception("access log line failed")
 
 
-def make_logger(target: str) -> logging.Logger | None:
-    """A logger writing bare lines to stderr ("-") or a file (reopened after rotation)."""
+_SINKS: dict[str, LineSink] = {}
+
+
+def make_logger(target: str) -> LineSink | None:
+    """The sink for stderr ("-") or a file; one per target in a process."""
     if not target:
         return None
-    logger = logging.getLogger(f"xaiproxy.access.{target}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        if target == "-":
-            handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        else:
-            handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    return logger
+    sink = _SINKS.get(target)
+    if sink is None:
+        sink = _SINKS[target] = LineSink(target)
+    return sink
 
 
 def runner_kwargs(settings) -> dict:
@@ -137,11 +192,10 @@ def runner_kwargs(settings) -> dict:
 
 
 def close_logger(target: str) -> None:
-    """Close the handlers make_logger opened (tests, and a clean stop)."""
-    logger = logging.getLogger(f"xaiproxy.access.{target}")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    """Flush and close the sink make_logger opened (tests, and a clean stop)."""
+    sink = _SINKS.pop(target, None)
+    if sink is not None:
+        sink.close()
 
 
 def setup(app: web.Application, gw) -> None:

@@ -69,6 +69,7 @@ def _lifecycle(gw: Gateway):
                 total=None, sock_connect=gw.settings.upstream_connect_timeout
             ),
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies are never kept
         )
         for fn in gw.startup:
             await fn()

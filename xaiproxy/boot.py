@@ -17,11 +17,14 @@ ID_SOURCES = {
     "accounts": (
         "SELECT MAX(id) FROM accounts",
         "SELECT MAX(account_id) FROM grants",
-        "SELECT MAX(account_id) FROM usage",
+        "SELECT MAX(account_id) FROM usage",  # served by usage_account_ts
         "SELECT MAX(to_id) FROM transfers",
     ),
     "grants": ("SELECT MAX(id) FROM grants",),
-    "provider_keys": ("SELECT MAX(id) FROM provider_keys", "SELECT MAX(key_id) FROM usage"),
+    "provider_keys": (
+        "SELECT MAX(id) FROM provider_keys",
+        "SELECT MAX(target_id) FROM op_logs WHERE action = 'add_key'",
+    ),
     "news": ("SELECT MAX(id) FROM news",),
 }
 
@@ -57,12 +60,14 @@ async def load(gw) -> str | None:
         if acc is not None:
             acc.grants.append(Grant(**dict(row)))
     month, start = month_start(now)
-    for row in await store.fetchall(
-        "SELECT account_id, SUM(cost) FROM usage WHERE ts >= ? GROUP BY account_id", (start,)
+    # Month spend from the daily rollup, valued at each account's current Rates.
+    for account_id, spent_n in await store.fetchall(
+        "SELECT account_id, SUM(cost_n) FROM usage_daily WHERE day >= ? GROUP BY account_id",
+        (int(start // 86400),),
     ):
-        acc = state.accounts.get(row[0])
+        acc = state.accounts.get(account_id)
         if acc is not None:
-            acc.month, acc.month_spend = month, row[1]
+            acc.month, acc.month_spend = month, spent_n * acc.rates / 1e9
     for row in await store.fetchall(f"SELECT {', '.join(KEY_COLUMNS)} FROM provider_keys"):
         values = dict(row)
         values["secret"] = gw.box.open(values["secret"])

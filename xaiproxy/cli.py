@@ -68,6 +68,7 @@ def serve(args: argparse.Namespace) -> int:
             **accesslog.runner_kwargs(settings),
         )
     )
+    accesslog.close_logger(settings.access_log)  # flush the last lines
     loop.close()
     return 0
 

@@ -18,7 +18,7 @@ import time
 
 from .errors import ApiError
 from .state import Account, Grant, State
-from .store import Op
+from .store import GRANT_DELTA_SQL, Op
 
 NANO = 1_000_000_000
 DAY = 86400.0
@@ -102,7 +102,7 @@ def _draw(acc: Account, amount_n: int, now: float, allow_debt: bool) -> list[Op]
 
 def _grant_delta(g: Grant, take_n: int) -> Op:
     # Deltas commute, so the order of queued units never matters.
-    return ("UPDATE grants SET remaining_n = remaining_n - ? WHERE id = ?", (take_n, g.id))
+    return (GRANT_DELTA_SQL, (take_n, g.id))
 
 
 # -- grants and movements (management) ----------------------------------------

@@ -199,3 +199,11 @@ MIGRATIONS.append(
     END;
     """
 )
+
+# 3: reports read usage_daily now; two indexes on the raw rows only slowed each insert.
+MIGRATIONS.append(
+    """
+    DROP INDEX IF EXISTS usage_ts;
+    DROP INDEX IF EXISTS usage_dna_ts;
+    """
+)

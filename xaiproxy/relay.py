@@ -30,11 +30,6 @@ from .routing import Refused, Router
 
 RETRY_STATUSES = frozenset((401, 403, 429))  # and every 5xx
 ERROR_BODY_CAP = 256 * 1024  # what we keep of a failed attempt's answer to pass on
-USAGE_SQL = (
-    "INSERT INTO usage (ts, account_id, owner_id, dna, model, upstream_model, level, key_id,"
-    " path, prompt_tokens, completion_tokens, cached_tokens, cost, cost_n, status, latency_ms,"
-    " estimated, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 class Relay:
@@ -305,10 +300,8 @@ class Relay:
         )
         ctx.cost_n = round(usd * acc.factor * ledger.NANO)
         ctx.cost = usd * acc.rates * acc.factor
-        ops = ledger.spend(acc, ctx.cost_n)
         acc.month_spend += ctx.cost
-        ops.append((USAGE_SQL, self._usage_row(ctx)))
-        self.gw.store.submit(ops)
+        self.gw.store.submit_usage(self._usage_row(ctx), ledger.spend(acc, ctx.cost_n))
         if ctx.limits:
             limits.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
         for fn in self.hooks.on_usage:

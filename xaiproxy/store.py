@@ -23,6 +23,14 @@ from .migrations import MIGRATIONS
 log = logging.getLogger("xaiproxy.store")
 
 Op = tuple[str, Sequence]
+GRANT_DELTA_SQL = "UPDATE grants SET remaining_n = remaining_n - ? WHERE id = ?"
+USAGE_COLUMNS = (
+    "ts account_id owner_id dna model upstream_model level key_id path prompt_tokens"
+    " completion_tokens cached_tokens cost cost_n status latency_ms estimated request_id"
+).split()
+USAGE_SQL = (
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"
+)
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
 
 
@@ -40,6 +48,10 @@ class Store:
         self.path = path
         self.flush_interval = flush_interval
         self._queue: list[tuple[list[Op], asyncio.Future | None]] = []
+        # The data plane's fast lane: usage rows go in one executemany per batch and
+        # balance deltas are summed per grant, so a busy second costs a few statements.
+        self._usage: list[Sequence] = []
+        self._deltas: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xaiproxy-writer")
@@ -85,7 +97,19 @@ class Store:
     # -- writing ---------------------------------------------------------
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._usage)
+
+    def submit_usage(self, row: Sequence, ops: list[Op]) -> None:
+        """Queue one usage row and the balance ops of its spend (no wait: group commit)."""
+        self._usage.append(row)
+        deltas = self._deltas
+        for op in ops:
+            if op[0] is GRANT_DELTA_SQL:
+                take, grant_id = op[1]
+                deltas[grant_id] = deltas.get(grant_id, 0) + take
+            else:
+                self._queue.append(([op], None))
+        self._wake.set()
 
     def submit(self, ops: list[Op], wait: bool = False) -> asyncio.Future | None:
         """Queue one unit (applied all or nothing). With wait, return a future for its commit."""
@@ -108,7 +132,7 @@ class Store:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not (self._queue or self._usage):
                 if self._closing:
                     return
                 self._wake.clear()
@@ -119,10 +143,12 @@ class Store:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
             batch, self._queue = self._queue, []
+            usage, self._usage = self._usage, []
+            deltas, self._deltas = self._deltas, {}
             self._urgent.clear()
             started = time.perf_counter()
             try:
-                errors = await loop.run_in_executor(self._exec, self._commit, batch)
+                errors = await loop.run_in_executor(self._exec, self._commit, batch, usage, deltas)
             except Exception as exc:  # the whole transaction failed (disk, lock)
                 log.error("batch of %d units failed: %s", len(batch), exc)
                 self.write_errors += len(batch)
@@ -136,7 +162,8 @@ class Store:
                     else:
                         fut.set_exception(err)
 
-    def _commit(self, batch: list[tuple[list[Op], asyncio.Future | None]]) -> list:
+    def _commit(self, batch: list, usage: list, deltas: dict[int, int]) -> list:
+        """One transaction: every unit (each in its savepoint), then the fast lane."""
         conn = self._conn
         errors: list = []
         conn.execute("BEGIN IMMEDIATE")
@@ -154,6 +181,11 @@ class Store:
                 else:
                     errors.append(None)
                 conn.execute("RELEASE unit")
+            # After the units, so a grant created in this batch exists before its deltas.
+            if usage:
+                conn.executemany(USAGE_SQL, usage)
+            if deltas:
+                conn.executemany(GRANT_DELTA_SQL, [(n, gid) for gid, n in deltas.items()])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
