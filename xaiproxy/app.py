@@ -95,9 +95,9 @@ def create_app(settings) -> web.Application:
     gw.app = app
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    relay.setup(app, gw)  # first: the router tries resources in order, /v1 is the hot one
     plugins.load(gw, settings.plugins)
     plugins.mount(app, gw)
-    relay.setup(app, gw)
     openapi.setup(app, gw)
     metrics.setup(app, gw)
     accesslog.setup(app, gw)

@@ -249,16 +249,21 @@ class Relay:
     async def _pump(self, ctx: RequestContext, up, out: web.StreamResponse, scanner) -> bool:
         """Relay chunks; True when the upstream ended cleanly. Ends a broken SSE with an error event."""
         idle = self.settings.upstream_idle_timeout
+        slack = idle / 8  # re-arm at most this often: it fires after 7/8 to 1 x idle of silence
         clock = asyncio.get_running_loop().time
         feed = scanner.feed
         try:
             async with asyncio.timeout(idle) as timer:
+                armed = clock()
                 async for chunk in up.content.iter_any():
                     data = feed(chunk)
                     if data and not await _write(ctx, out, data):
                         up.close()
                         return False
-                    timer.reschedule(clock() + idle)
+                    now = clock()
+                    if now - armed > slack:
+                        timer.reschedule(now + idle)
+                        armed = now
             tail = scanner.finish()
             return not tail or await _write(ctx, out, tail)
         except TimeoutError:

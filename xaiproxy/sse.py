@@ -28,6 +28,13 @@ def _last_boundary(data: bytes) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
+def _event_start(data: bytes, pos: int) -> int:
+    """Index of the start of the event holding `pos` (just past the blank line before it)."""
+    lf = data.rfind(b"\n\n", 0, pos)
+    crlf = data.rfind(b"\r\n\r\n", 0, pos)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
 def _data_of(event: bytes) -> bytes:
     lines = [ln[5:].strip() for ln in event.splitlines() if ln.startswith(b"data:")]
     return b"\n".join(lines)
@@ -80,13 +87,19 @@ class StreamScanner:
         return tail if self.strip else b""
 
     def _scan(self, block: bytes) -> bytes:
-        """Record usage found in the events of `block`; return it without a cut usage chunk."""
-        start, cut = 0, []
-        for m in EVENT_END.finditer(block):
-            event = block[start : m.end()]
-            if USAGE_RE.search(event) and self._take(event):
-                cut.append((start, m.end()))
-            start = m.end()
+        """Record usage found in the events of `block`; return it without a cut usage chunk.
+
+        Only the events around a usage match are looked at: O(matches), not O(events).
+        """
+        cut, done = [], 0
+        for m in USAGE_RE.finditer(block):
+            if m.start() < done:
+                continue  # a second "usage" inside an event already taken
+            start = _event_start(block, m.start())
+            end_m = EVENT_END.search(block, m.end())
+            done = end_m.end() if end_m else len(block)
+            if self._take(block[start:done]):
+                cut.append((start, done))
         for a, b in reversed(cut):
             block = block[:a] + block[b:]
         return block
