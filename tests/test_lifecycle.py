@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import ROOT_KEY
 
+pytest_plugins = ["tests.fakes_fixtures"]
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -111,3 +113,39 @@ async def test_kill_9_leaves_an_intact_database(tmp_path):
     proc.send_signal(signal.SIGTERM)
     await proc.stdout.read()
     assert await proc.wait() == 0
+
+
+async def test_sigterm_lets_an_inflight_stream_finish_and_bills_it(tmp_path, upstream):
+    db = tmp_path / "drain.db"
+    proc, url = await start(db, {"XAI_ROOT_KEY": ROOT_KEY, "XAI_ALLOW_PRIVATE_PROVIDERS": "1"})
+    auth = {"Authorization": f"Bearer {ROOT_KEY}"}
+    async with aiohttp.ClientSession() as s:
+        key = {"SecretKey": "sk-upstream-drain-abcdefghijkl", "Level": 1, "Provider": upstream.url}
+        async with s.post(url + "/x-keys", json=key, headers=auth) as r:
+            assert r.status == 201
+        body = {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        headers = {**auth, "x-fake-chunks": "6", "x-fake-delay": "0.25"}
+        async with s.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+            first = await r.content.readline()
+            assert first.startswith(b"data: ")
+            proc.send_signal(signal.SIGTERM)  # mid-stream
+            rest = await r.content.read()
+    assert rest.rstrip().endswith(b"data: [DONE]")
+    await proc.stdout.read()
+    assert await proc.wait() == 0
+    con = sqlite3.connect(db)
+    (completion,) = con.execute("SELECT completion_tokens FROM usage").fetchone()
+    con.close()
+    assert completion == 6
+
+
+async def test_readyz_is_503_while_draining(api):
+    assert (await api.get("/readyz", key="")).status == 200
+    await api.server.app.on_shutdown.send(api.server.app)
+    r = await api.get("/readyz", key="")
+    assert r.status == 503 and r.error_code == "draining"
+    assert (await api.get("/healthz", key="")).status == 200

@@ -164,3 +164,28 @@ async def test_db_file_holds_no_plain_client_key(api, tmp_path):
         dump = "\n".join(con.iterdump())
         con.close()
         assert api.root not in dump
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+        "https://10.1.2.3",
+        "http://[::1]:9",
+        "http://169.254.169.254",
+    ],
+)
+async def test_tenant_cannot_point_a_key_at_private_addresses(make_gateway, provider):
+    api = await make_gateway(allow_private_providers=False)
+    r = await api.post(
+        "/x-users", {"Name": "tenant", "Email": "t@example.com", "CreditGranted": 50}
+    )
+    tenant_key = r.body["User"]["SecretKey"]
+    assert (await api.put("/x-users/tenant", {"Owner": True})).status == 200
+    body = {"SecretKey": OPENAI_SECRET, "Level": 1, "Provider": provider}
+    r = await api.post("/x-keys", body, key=tenant_key)
+    assert r.status == 403 and r.error_code == "provider_not_allowed"
+    assert api.gw.state.keys == {}
+    # root may, and so may anyone when the operator allows private providers
+    assert (await api.post("/x-keys", body)).status == 201
