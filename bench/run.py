@@ -285,6 +285,8 @@ def notes_text(rows: list, targets: list, skipped: dict) -> str:
         " 0.1 s over the target's process tree.",
         "- The mock's own settings are the same for every target: 20 chunks of 16 characters;"
         " stream-500-20ms waits 20 ms between chunks.",
+        "- Where xaiproxy's CPU goes, and what floor aiohttp sets: bench/README.md,"
+        " 'Where the time goes'.",
     ]
     return "\n".join(lines)
 

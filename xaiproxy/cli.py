@@ -62,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
         # the young generation less often (requests allocate many short-lived objects).
         gc.collect()
         gc.freeze()
-        gc.set_threshold(20_000, 20, 50)
+        gc.set_threshold(2_000, 20, 50)
 
     app.on_startup.append(announce)
     loop.run_until_complete(
