@@ -8,17 +8,20 @@ Three sources, all cheap on the hot path:
   rejections by reason, duration and time to first byte;
 - scrape time (a custom collector): streams open, requests in flight, sleeping keys,
   the batched writer's queue depth, flush latency, flushes and write errors.
-Label children are cached in dicts so a request costs a few lookups and `.inc()`s.
+On the hot path a request costs a few dict updates (`Tally`, `Hist`); the families are
+built from them at scrape time and rendered by prometheus-client.
 Label values are bounded: paths are route patterns or the documented /v1 paths.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from itertools import accumulate
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
@@ -65,104 +68,141 @@ def _owner_of(request: web.BaseRequest) -> str:
     return str(owner.id) if owner is not None else ""
 
 
+class Tally:
+    """A labelled counter kept as plain numbers; exported as a family at scrape time.
+
+    prometheus-client's Counter takes a lock and several calls per inc(); on the hot
+    path a dict update is enough (one event loop), and the exposition stays theirs.
+    """
+
+    __slots__ = ("name", "doc", "labels", "values")
+
+    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple, float] = {}
+
+    def inc(self, labels: tuple, amount: float = 1) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, value in sorted(self.values.items()):
+            family.add_metric(list(labels), value)
+        return family
+
+
+class Hist:
+    """A labelled histogram kept as per-bucket counts; exported at scrape time."""
+
+    __slots__ = ("name", "doc", "labels", "bounds", "data")
+
+    def __init__(self, name: str, doc: str, labels: list[str], bounds: tuple) -> None:
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
+        self.data: dict[tuple, list] = {}  # labels -> [count per bucket..., +Inf, sum]
+
+    def observe(self, labels: tuple, value: float) -> None:
+        row = self.data.get(labels)
+        if row is None:
+            row = self.data[labels] = [0] * (len(self.bounds) + 1) + [0.0]
+        row[bisect_left(self.bounds, value)] += 1
+        row[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, row in sorted(self.data.items()):
+            cumulative = list(accumulate(row[:-1]))
+            les = [*(repr(float(b)) for b in self.bounds), "+Inf"]
+            family.add_metric(list(labels), list(zip(les, cumulative, strict=True)), row[-1])
+        return family
+
+
 class Metrics:
     """This app's metrics. `observe(ctx)` is the on_request_end hook."""
 
     def __init__(self, gw) -> None:
         self.gw = gw
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "xaiproxy_requests", "HTTP requests answered", ["path", "status", "owner"], registry=r
+        self.requests = Tally(
+            "xaiproxy_requests", "HTTP requests answered", ["path", "status", "owner"]
         )
-        self.attempts = Counter(
-            "xaiproxy_upstream_attempts", "Upstream attempts", ["level", "key"], registry=r
-        )
-        self.failures = Counter(
+        self.attempts = Tally("xaiproxy_upstream_attempts", "Upstream attempts", ["level", "key"])
+        self.failures = Tally(
             "xaiproxy_upstream_failures",
             "Upstream attempts that failed (network, 5xx, 429, 401, 403)",
             ["level", "key", "outcome"],
-            registry=r,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = Tally(
             "xaiproxy_upstream_fallbacks",
             "Moves to another attempt; from_level == to_level is another key, else SWITCH_OVER",
             ["from_level", "to_level"],
-            registry=r,
         )
-        self.sleeps = Counter(
+        self.sleeps = Tally(
             "xaiproxy_key_sleeps",
             "Provider keys put to sleep (429: rate_limited, 401/403: auth)",
             ["level", "key", "reason"],
-            registry=r,
         )
-        self.tokens = Counter("xaiproxy_tokens", "Tokens billed", ["model", "kind"], registry=r)
-        self.cost = Counter(
-            "xaiproxy_cost_usd", "Cost billed, in base USD (before Rates)", ["model"], registry=r
+        self.tokens = Tally("xaiproxy_tokens", "Tokens billed", ["model", "kind"])
+        self.cost = Tally("xaiproxy_cost_usd", "Cost billed, in base USD (before Rates)", ["model"])
+        self.rejections = Tally(
+            "xaiproxy_rejections", "Data-plane requests refused before the upstream", ["reason"]
         )
-        self.rejections = Counter(
-            "xaiproxy_rejections",
-            "Data-plane requests refused before the upstream",
-            ["reason"],
-            registry=r,
-        )
-        self.duration = Histogram(
+        self.duration = Hist(
             "xaiproxy_request_duration_seconds",
             "Data-plane request duration, to the last byte",
             ["stream"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.ttfb = Histogram(
+        self.ttfb = Hist(
             "xaiproxy_time_to_first_byte_seconds",
             "Data-plane time to the first byte sent to the client",
             ["stream"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        r.register(_ScrapeCollector(gw))
-        self._children: dict[tuple, object] = {}
-
-    def child(self, metric, *labels):
-        """The labelled child, resolved once per label set."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+        self.families = (
+            self.requests,
+            self.attempts,
+            self.failures,
+            self.fallbacks,
+            self.sleeps,
+            self.tokens,
+            self.cost,
+            self.rejections,
+            self.duration,
+            self.ttfb,
+        )
+        self.registry.register(_ScrapeCollector(gw, self.families))
 
     # -- every response ------------------------------------------------------
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        labels = (path_label(request), str(response.status), _owner_of(request))
-        self.child(self.requests, *labels).inc()
+        self.requests.inc((path_label(request), str(response.status), _owner_of(request)))
 
     # -- every data-plane request --------------------------------------------
     def observe(self, ctx) -> None:
         if ctx.attempt_log:
             self._attempts(ctx.attempt_log)
         if ctx.error in REJECTIONS:
-            self.child(self.rejections, ctx.error).inc()
-        model = ctx.upstream_model or ctx.model
+            self.rejections.inc((ctx.error,))
         if ctx.prompt_tokens or ctx.completion_tokens or ctx.cost_n:
-            self._usage(ctx, model)
-        stream = "true" if ctx.stream else "false"
-        self.child(self.duration, stream).observe(time.perf_counter() - ctx.started)
+            self._usage(ctx, ctx.upstream_model or ctx.model)
+        stream = ("true",) if ctx.stream else ("false",)
+        self.duration.observe(stream, time.perf_counter() - ctx.started)
         if ctx.ttfb:
-            self.child(self.ttfb, stream).observe(ctx.ttfb)
+            self.ttfb.observe(stream, ctx.ttfb)
 
     def _attempts(self, attempt_log: list) -> None:
         previous = None
         for key_id, level, outcome in attempt_log:
             key, lvl = str(key_id), str(level)
-            self.child(self.attempts, lvl, key).inc()
+            self.attempts.inc((lvl, key))
             if failed(outcome):
-                self.child(self.failures, lvl, key, str(outcome)).inc()
+                self.failures.inc((lvl, key, str(outcome)))
             if outcome == 429:
-                self.child(self.sleeps, lvl, key, "rate_limited").inc()
+                self.sleeps.inc((lvl, key, "rate_limited"))
             elif outcome in (401, 403):
-                self.child(self.sleeps, lvl, key, "auth").inc()
+                self.sleeps.inc((lvl, key, "auth"))
             if previous is not None:
-                self.child(self.fallbacks, previous, lvl).inc()
+                self.fallbacks.inc((previous, lvl))
             previous = lvl
 
     def _usage(self, ctx, model: str) -> None:
@@ -174,9 +214,9 @@ class Metrics:
         )
         for kind, count in zip(TOKEN_KINDS, counts, strict=True):
             if count:
-                self.child(self.tokens, model, kind).inc(count)
+                self.tokens.inc((model, kind), count)
         if ctx.cost_n:
-            self.child(self.cost, model).inc(ctx.cost_n / NANO)
+            self.cost.inc((model,), ctx.cost_n / NANO)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -185,13 +225,16 @@ class Metrics:
 class _ScrapeCollector:
     """Values read when Prometheus scrapes, not kept per request."""
 
-    def __init__(self, gw) -> None:
+    def __init__(self, gw, families: tuple) -> None:
         self.gw = gw
+        self.families = families
 
     def describe(self):
         return []
 
     def collect(self):
+        for tally in self.families:
+            yield tally.family()
         gw, store = self.gw, self.gw.store
         yield _gauge("xaiproxy_streams_open", "Streams being relayed now", _streams_open(gw))
         yield _gauge("xaiproxy_inflight", "Data-plane requests in flight", _inflight(gw))
