@@ -13,7 +13,7 @@ from xaiproxy_plugins import alerts as alerts_mod
 from tests import fakes
 from tests.fakes import add_user, chat, ready
 from tests.helpers import start_gateway
-from tests.plugins.test_billing import new_user
+from tests.plugins.reports import new_user
 from xaiproxy import ledger
 from xaiproxy.context import RequestContext
 

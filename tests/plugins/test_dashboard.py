@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.plugins.test_billing import add_usage, midnight, new_user
+from tests.plugins.reports import add_usage, midnight, new_user
 
 LOG_SQL = (
     "INSERT INTO op_logs (ts, operator_id, target_id, action, details, status)"

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.helpers import start_gateway
-from tests.plugins.test_billing import new_user
 
 NEWS = {"title": "Maintenance Notice", "content": "System maintenance on Sunday."}
 
@@ -20,15 +19,6 @@ async def news_of(api, key):
     assert r.status == 200, r.body
     assert r.body["success"] is True
     return [n["title"] for n in r.body["system_news"]], [n["title"] for n in r.body["user_news"]]
-
-
-@pytest.fixture
-async def tree(api):
-    """root -> alpha-team -> alpha-dev ; root -> beta-team. Returns {short: (id, key)}."""
-    a = await new_user(api, "alpha-team", 100)
-    a1 = await new_user(api, "alpha-dev", 10, key=a[1])
-    b = await new_user(api, "beta-team", 100)
-    return {"a": a, "a1": a1, "b": b}
 
 
 async def test_system_news_reaches_everyone(api, tree):
