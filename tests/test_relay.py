@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
+import pytest
+
 from tests.fakes import (
     PROMPT_TOKENS,
     add_key,
@@ -223,3 +228,39 @@ async def test_root_is_served_and_recorded_but_never_debited(make_gateway, upstr
     await api.gw.store.flush()
     assert await api.gw.store.scalar("SELECT COUNT(*) FROM usage WHERE account_id = 1") == 1
     assert (await api.gw.ledger.audit(api.gw.store))["ok"]
+
+
+async def test_plain_answer_cut_mid_body_never_looks_complete(make_gateway):
+    """An upstream that promises 1000 bytes and sends 20: the client's read fails, never a short JSON."""
+
+    async def cut(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            b'{"id": "chatcmpl-1",'
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(cut, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        api = await make_gateway()
+        key = {
+            "SecretKey": "sk-upstream-cut-abcdefghijkl",
+            "Level": 1,
+            "Provider": f"http://127.0.0.1:{port}",
+        }
+        assert (await api.post("/x-keys", key)).status == 201
+        uid, user_key = await add_user(api)
+        with pytest.raises(aiohttp.ClientError):
+            await api.post(CHAT, chat(), key=user_key)
+        await api.gw.store.flush()
+        row = await api.gw.store.fetchone(
+            "SELECT estimated FROM usage WHERE account_id = ?", (uid,)
+        )
+        assert row["estimated"] == 1  # billed as an estimate, marked so
+        assert api.gw.state.accounts[uid].reserved_n == 0
+    finally:
+        server.close()
+        await server.wait_closed()
