@@ -108,7 +108,7 @@ def _add(gw, caller: Account, body: dict, values: dict, amount: float):
         updated_at=now,
         **fields,
     )
-    money_ops = ledger.fund(caller, acc, amount, _days(body), caller, "initial")
+    money_ops = gw.ledger.fund(caller, acc, amount, _days(body), caller, "initial")
     gw.state.add_account(acc)
     details = f"created user {acc.name} ({acc.email}) with CreditGranted {amount:g}"
     ops = [insert_op(acc), *money_ops, gw.oplog(caller, "add_user", acc.id, details)]
@@ -171,11 +171,11 @@ def _move(gw, caller: Account, acc: Account, body: dict, values: dict, amount: f
     acc.rates = values.get("rates", old_rates)
     try:
         if amount > 0:
-            ops = ledger.fund(parent, acc, amount, _days(body), caller, "recharge")
+            ops = gw.ledger.fund(parent, acc, amount, _days(body), caller, "recharge")
             ops.append(gw.oplog(caller, "recharge_user", acc.id, f"recharged {amount:g}"))
             extra = {}
         else:
-            ops, back = ledger.refund(acc, parent, -amount, caller, "refund")
+            ops, back = gw.ledger.refund(acc, parent, -amount, caller, "refund")
             detail = f"refunded {-amount:g}; the parent received {back:g} after the fee"
             ops.append(gw.oplog(caller, "refund_user", acc.id, detail))
             extra = {"Refunded": back}
@@ -224,7 +224,7 @@ async def delete(call):
 def _remove(gw, caller: Account, acc: Account):
     """Refund the whole balance to the parent, re-attach the children, drop the account."""
     state, parent = gw.state, acc.parent
-    ops, back = ledger.refund(acc, parent, None, caller, "delete")
+    ops, back = gw.ledger.refund(acc, parent, None, caller, "delete")
     moved: list[Account] = []
     for child in list(acc.children.values()):
         state.reparent(child, parent)

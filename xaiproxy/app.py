@@ -89,7 +89,6 @@ async def _drain(app: web.Application) -> None:
 def create_app(settings) -> web.Application:
     store = Store(settings.db, settings.flush_interval)
     gw = Gateway(settings, State(), store, pricing.load(settings.prices))
-    gw.ledger.bind(gw.state)
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[GATEWAY] = gw
     gw.app = app

@@ -68,70 +68,12 @@ def release(acc: Account, estimate_n: int) -> None:
         acc.reserved_n -= estimate_n
 
 
-def spend(acc: Account, cost_n: int, now: float | None = None) -> list[Op]:
-    """Debit cost, soonest-expiring grant first; a shortfall becomes debt on the last one."""
-    if acc.is_root or cost_n <= 0:
-        return []
-    now = time.time() if now is None else now
-    return _draw(acc, cost_n, now, allow_debt=True)
-
-
-def _draw(acc: Account, amount_n: int, now: float, allow_debt: bool) -> list[Op]:
-    ops: list[Op] = []
-    left = amount_n
-    live = [g for g in acc.grants if g.expires_at > now]
-    for g in live:
-        if left <= 0:
-            break
-        take = min(g.remaining_n, left)
-        if take > 0:
-            g.remaining_n -= take
-            left -= take
-            ops.append(_grant_delta(g, take))
-    if left > 0:
-        if not allow_debt:
-            raise AssertionError("draw beyond balance")
-        g = live[-1] if live else (acc.grants[-1] if acc.grants else None)
-        if g is None:
-            g, op = new_grant(acc, 0, 0, "debt", now)
-            ops.append(op)
-        g.remaining_n -= left
-        ops.append(_grant_delta(g, left))
-    return ops
-
-
 def _grant_delta(g: Grant, take_n: int) -> Op:
     # Deltas commute, so the order of queued units never matters.
     return (GRANT_DELTA_SQL, (take_n, g.id))
 
 
 # -- grants and movements (management) ----------------------------------------
-_state: State | None = None
-
-
-def bind(state: State) -> None:
-    """Grant ids come from the state's allocator (one process owns the store)."""
-    global _state
-    _state = state
-
-
-def new_grant(
-    acc: Account, amount_n: int, days: float, reference: str, now: float | None = None
-) -> tuple[Grant, Op]:
-    now = time.time() if now is None else now
-    days = DEFAULT_DAYS if days is None else days
-    g = Grant(
-        _state.next_id("grants"), acc.id, amount_n, amount_n, now, now + days * DAY, reference
-    )
-    bisect.insort(acc.grants, g, key=lambda x: x.expires_at)
-    op = (
-        "INSERT INTO grants (id, account_id, amount_n, remaining_n, granted_at, expires_at,"
-        " reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (g.id, acc.id, amount_n, amount_n, g.granted_at, g.expires_at, reference),
-    )
-    return g, op
-
-
 def _journal(src: Account, dst: Account, amount_n: int, fee_n: int, kind: str, op_id: int) -> Op:
     return (
         "INSERT INTO transfers (ts, from_id, to_id, amount_n, fee_n, kind, operator_id)"
@@ -146,57 +88,6 @@ def check_amount(amount) -> float:
     if abs(amount) > 1e9:
         raise ApiError(400, "invalid_amount", "CreditGranted is too large (at most 1e9)")
     return float(amount)
-
-
-def fund(
-    parent: Account, child: Account, amount: float, days: float | None, operator: Account, kind: str
-) -> list[Op]:
-    """Give `amount` (child's units) to child; parent pays the same base worth (root mints)."""
-    amount_n = to_n(amount, child.rates)
-    if amount_n <= 0:
-        raise ApiError(400, "invalid_amount", "the amount must be positive")
-    ops: list[Op] = []
-    if not parent.is_root:
-        if available_n(parent) < amount_n:
-            raise ApiError(
-                403,
-                "insufficient_balance",
-                f"your balance {balance(parent):.4f} cannot cover {from_n(amount_n, parent.rates):.4f}",
-            )
-        ops += _draw(parent, amount_n, time.time(), allow_debt=False)
-    _, op = new_grant(child, amount_n, DEFAULT_DAYS if days is None else days, kind)
-    ops.append(op)
-    ops.append(_journal(parent, child, amount_n, 0, kind, operator.id))
-    return ops
-
-
-def refund(
-    child: Account, parent: Account, amount: float | None, operator: Account, kind: str
-) -> tuple[list[Op], float]:
-    """Move `amount` (child's units; None = all) back to parent, less the fee, as a 180-day grant.
-
-    Returns the ops and what the parent received, in the parent's units.
-    """
-    now = time.time()
-    free_n = max(balance_n(child, now) - (0 if amount is None else child.reserved_n), 0)
-    amount_n = free_n if amount is None else to_n(amount, child.rates)
-    if amount_n > free_n:
-        raise ApiError(
-            400,
-            "insufficient_balance",
-            f"cannot refund {from_n(amount_n, child.rates):.4f}: the account holds "
-            f"{from_n(free_n, child.rates):.4f}",
-        )
-    if amount_n <= 0:
-        return [], 0.0
-    ops = _draw(child, amount_n, now, allow_debt=False)
-    fee_n = min(to_n(REFUND_FEE, 1.0), amount_n)
-    back_n = amount_n - fee_n
-    if back_n > 0 and not parent.is_root:
-        _, op = new_grant(parent, back_n, REFUND_DAYS, kind, now)
-        ops.append(op)
-    ops.append(_journal(child, parent, back_n, fee_n, kind, operator.id))
-    return ops, from_n(back_n, parent.rates)
 
 
 # -- audit ------------------------------------------------------------------
@@ -221,3 +112,132 @@ async def audit(store) -> dict:
         "fees_n": fees,
         "ok": held + spent + fees == net,
     }
+
+
+class Ledger:
+    """The movements that create grants, bound to one gateway's state (grant ids come from it).
+
+    `gw.ledger` is one; it also offers this module's pure helpers (`balance`, `reserve`,
+    `to_n`, ...) so plugins need nothing else for money.
+    """
+
+    NANO = NANO
+    to_n = staticmethod(to_n)
+    from_n = staticmethod(from_n)
+    balance = staticmethod(balance)
+    balance_n = staticmethod(balance_n)
+    available_n = staticmethod(available_n)
+    reserve = staticmethod(reserve)
+    release = staticmethod(release)
+    check_amount = staticmethod(check_amount)
+    audit = staticmethod(audit)
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def new_grant(
+        self, acc: Account, amount_n: int, days: float, reference: str, now: float | None = None
+    ) -> tuple[Grant, Op]:
+        now = time.time() if now is None else now
+        days = DEFAULT_DAYS if days is None else days
+        g = Grant(
+            self.state.next_id("grants"),
+            acc.id,
+            amount_n,
+            amount_n,
+            now,
+            now + days * DAY,
+            reference,
+        )
+        bisect.insort(acc.grants, g, key=lambda x: x.expires_at)
+        op = (
+            "INSERT INTO grants (id, account_id, amount_n, remaining_n, granted_at, expires_at,"
+            " reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (g.id, acc.id, amount_n, amount_n, g.granted_at, g.expires_at, reference),
+        )
+        return g, op
+
+    def spend(self, acc: Account, cost_n: int, now: float | None = None) -> list[Op]:
+        """Debit cost, soonest-expiring grant first; a shortfall becomes debt on the last one."""
+        if acc.is_root or cost_n <= 0:
+            return []
+        now = time.time() if now is None else now
+        return self._draw(acc, cost_n, now, allow_debt=True)
+
+    def _draw(self, acc: Account, amount_n: int, now: float, allow_debt: bool) -> list[Op]:
+        ops: list[Op] = []
+        left = amount_n
+        live = [g for g in acc.grants if g.expires_at > now]
+        for g in live:
+            if left <= 0:
+                break
+            take = min(g.remaining_n, left)
+            if take > 0:
+                g.remaining_n -= take
+                left -= take
+                ops.append(_grant_delta(g, take))
+        if left > 0:
+            if not allow_debt:
+                raise AssertionError("draw beyond balance")
+            g = live[-1] if live else (acc.grants[-1] if acc.grants else None)
+            if g is None:
+                g, op = self.new_grant(acc, 0, 0, "debt", now)
+                ops.append(op)
+            g.remaining_n -= left
+            ops.append(_grant_delta(g, left))
+        return ops
+
+    def fund(
+        self,
+        parent: Account,
+        child: Account,
+        amount: float,
+        days: float | None,
+        operator: Account,
+        kind: str,
+    ) -> list[Op]:
+        """Give `amount` (child's units) to child; parent pays the same base worth (root mints)."""
+        amount_n = to_n(amount, child.rates)
+        if amount_n <= 0:
+            raise ApiError(400, "invalid_amount", "the amount must be positive")
+        ops: list[Op] = []
+        if not parent.is_root:
+            if available_n(parent) < amount_n:
+                raise ApiError(
+                    403,
+                    "insufficient_balance",
+                    f"your balance {balance(parent):.4f} cannot cover {from_n(amount_n, parent.rates):.4f}",
+                )
+            ops += self._draw(parent, amount_n, time.time(), allow_debt=False)
+        _, op = self.new_grant(child, amount_n, DEFAULT_DAYS if days is None else days, kind)
+        ops.append(op)
+        ops.append(_journal(parent, child, amount_n, 0, kind, operator.id))
+        return ops
+
+    def refund(
+        self, child: Account, parent: Account, amount: float | None, operator: Account, kind: str
+    ) -> tuple[list[Op], float]:
+        """Move `amount` (child's units; None = all) back to parent, less the fee, as a 180-day grant.
+
+        Returns the ops and what the parent received, in the parent's units.
+        """
+        now = time.time()
+        free_n = max(balance_n(child, now) - (0 if amount is None else child.reserved_n), 0)
+        amount_n = free_n if amount is None else to_n(amount, child.rates)
+        if amount_n > free_n:
+            raise ApiError(
+                400,
+                "insufficient_balance",
+                f"cannot refund {from_n(amount_n, child.rates):.4f}: the account holds "
+                f"{from_n(free_n, child.rates):.4f}",
+            )
+        if amount_n <= 0:
+            return [], 0.0
+        ops = self._draw(child, amount_n, now, allow_debt=False)
+        fee_n = min(to_n(REFUND_FEE, 1.0), amount_n)
+        back_n = amount_n - fee_n
+        if back_n > 0 and not parent.is_root:
+            _, op = self.new_grant(parent, back_n, REFUND_DAYS, kind, now)
+            ops.append(op)
+        ops.append(_journal(child, parent, back_n, fee_n, kind, operator.id))
+        return ops, from_n(back_n, parent.rates)

@@ -130,7 +130,7 @@ class Gateway:
         self.state = state
         self.store = store
         self.prices = prices  # shipped price table (pricing.Prices)
-        self.ledger = ledger
+        self.ledger = ledger.Ledger(state)  # all money movements of this gateway
         self.hooks = Hooks()
         self.routes: list[RouteSpec] = []
         self.startup: list[Callable[[], Awaitable[None]]] = []

@@ -306,7 +306,7 @@ class Relay:
         ctx.cost_n = round(usd * acc.factor * ledger.NANO)
         ctx.cost = usd * acc.rates * acc.factor
         acc.month_spend += ctx.cost
-        self.gw.store.submit_usage(self._usage_row(ctx), ledger.spend(acc, ctx.cost_n))
+        self.gw.store.submit_usage(self._usage_row(ctx), self.gw.ledger.spend(acc, ctx.cost_n))
         if ctx.limits:
             limits.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
         for fn in self.hooks.on_usage:

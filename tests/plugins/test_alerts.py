@@ -156,7 +156,7 @@ async def test_low_balance_mails_once_until_recharged(api, smtp):
     fire(api, acc)
     await settle(inst)
     assert smtp.messages == []  # 10 is above the default LOW_BALANCE of 3
-    api.gw.store.submit(ledger.spend(acc, ledger.to_n(8, acc.rates)))
+    api.gw.store.submit(api.gw.ledger.spend(acc, ledger.to_n(8, acc.rates)))
     for _ in range(3):
         fire(api, acc)
     await settle(inst, smtp, 1)
@@ -169,7 +169,7 @@ async def test_low_balance_mails_once_until_recharged(api, smtp):
     fire(api, acc)
     await settle(inst)
     assert len(smtp.messages) == 1
-    api.gw.store.submit(ledger.spend(acc, ledger.to_n(20, acc.rates)))
+    api.gw.store.submit(api.gw.ledger.spend(acc, ledger.to_n(20, acc.rates)))
     fire(api, acc)
     fire(api, acc)
     await settle(inst, smtp, 2)
@@ -188,7 +188,7 @@ async def test_low_balance_threshold_is_the_owners_setting(api, smtp):
     uid, _ = await new_user(api, "threshold-user", 10)
     await use_smtp(api, smtp.port, LOW_BALANCE=0)
     inst, acc = alerts_of(api), api.gw.state.accounts[uid]
-    api.gw.store.submit(ledger.spend(acc, ledger.to_n(9.5, acc.rates)))
+    api.gw.store.submit(api.gw.ledger.spend(acc, ledger.to_n(9.5, acc.rates)))
     fire(api, acc)
     await settle(inst)
     assert smtp.messages == []  # 0 turns low-balance alerts off
