@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 import time
 from urllib.parse import urlsplit
 
 import orjson
 
-from xaiproxy import credentials
+from xaiproxy import credentials, ssrf
 from xaiproxy.errors import ApiError
 from xaiproxy.state import ProviderKey
 
@@ -80,13 +77,6 @@ def public(key: ProviderKey, now: float | None = None) -> dict:
     }
 
 
-def _private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
-    )
-
-
 async def check_provider(gw, caller, url: str) -> str:
     """http(s) only; loopback/private targets only for root or with XAI_ALLOW_PRIVATE_PROVIDERS."""
     parts = urlsplit(url.strip())
@@ -98,15 +88,14 @@ async def check_provider(gw, caller, url: str) -> str:
         raise ApiError(
             400, "invalid_provider", "Provider must not carry credentials, a query or a fragment"
         )
-    if caller.is_root or gw.settings.allow_private_providers:
+    if not ssrf.restricted(caller.is_root, gw.settings):
         return url.strip().rstrip("/")
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
-    except (socket.gaierror, UnicodeError):
+    private = await ssrf.resolves_private(parts.hostname)
+    if private is None:
         raise ApiError(
             400, "invalid_provider", f"cannot resolve the provider host {parts.hostname!r}"
-        ) from None
-    if any(_private(info[4][0]) for info in infos):
+        )
+    if private:
         raise ApiError(
             403, "provider_not_allowed", "only root may use a loopback or private provider address"
         )

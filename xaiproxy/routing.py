@@ -7,13 +7,12 @@ without loops. Pools are cached until `state.keys_version` changes.
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import time
 from collections.abc import Iterator
 
 from yarl import URL
 
+from . import ssrf
 from .state import ProviderKey
 
 HOST_TTL = 300.0  # seconds an SSRF verdict per host is trusted (the connector's DNS TTL)
@@ -21,13 +20,6 @@ HOST_TTL = 300.0  # seconds an SSRF verdict per host is trusted (the connector's
 
 class Refused(Exception):
     """A provider host resolved to a private address for a key that may not use one."""
-
-
-def _private(ip: str) -> bool:
-    try:
-        return not ipaddress.ip_address(ip.split("%", 1)[0]).is_global
-    except ValueError:
-        return True
 
 
 class Router:
@@ -112,8 +104,7 @@ class Router:
         return URL(self.base(key) + raw_path, encoded=True)
 
     def guarded(self, key: ProviderKey) -> bool:
-        """Keys of non-root owners may not reach private addresses unless the operator allows it."""
-        return key.owner_id != 1 and not self.gw.settings.allow_private_providers
+        return ssrf.restricted(key.owner_id == self.gw.state.root.id, self.gw.settings)
 
     async def guard(self, key: ProviderKey) -> None:
         """SSRF: refuse (Refused) a provider host that resolves to a private address."""
@@ -122,23 +113,11 @@ class Router:
         host = URL(self.base(key)).host or ""
         verdict = self._hosts.get(host)
         if verdict is None or verdict[1] < time.time():
-            verdict = (await self._resolves_private(host), time.time() + HOST_TTL)
+            # A host that does not resolve is let through: the connect fails and counts as such.
+            verdict = (bool(await ssrf.resolves_private(host)), time.time() + HOST_TTL)
             self._hosts[host] = verdict
         if verdict[0]:
             raise Refused(host)
-
-    @staticmethod
-    async def _resolves_private(host: str) -> bool:
-        try:
-            ipaddress.ip_address(host)
-            return _private(host)
-        except ValueError:
-            pass
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-        except OSError:
-            return False  # let the connect fail and count as a connection error
-        return any(_private(info[4][0]) for info in infos)
 
     def peer_ok(self, key: ProviderKey, resp) -> bool:
         """Re-check the address actually connected to (DNS may have changed since the guard)."""
@@ -149,4 +128,4 @@ class Router:
             if resp.connection.transport
             else None
         )
-        return not peer or not _private(peer[0])
+        return not peer or not ssrf.is_private(peer[0])

@@ -174,6 +174,8 @@ async def test_db_file_holds_no_plain_client_key(api, tmp_path):
         "https://10.1.2.3",
         "http://[::1]:9",
         "http://169.254.169.254",
+        "http://100.64.0.1",
+        "http://[::ffff:127.0.0.1]:9",
     ],
 )
 async def test_tenant_cannot_point_a_key_at_private_addresses(make_gateway, provider):
