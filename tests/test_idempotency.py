@@ -4,7 +4,7 @@ import asyncio
 
 from tests.helpers import start_gateway
 from tests.plugins.test_users import new_user
-from xaiproxy import ledger
+from xaiproxy import idempotency, ledger
 
 BODY = {"Name": "idem-user", "Email": "idem@example.com", "CreditGranted": 10}
 
@@ -105,5 +105,28 @@ async def test_record_survives_a_restart(aiohttp_server, tmp_path):
         again = await api.put(f"/x-users/{uid}", {"CreditGranted": 5}, **key("persist"))
         assert again.headers["Idempotent-Replayed"] == "true" and again.body == first.body
         assert ledger.balance(api.gw.state.accounts[uid]) == 15
+    finally:
+        await api.close()
+
+
+async def test_records_expire_after_the_ttl_and_are_pruned_at_start(aiohttp_server, tmp_path):
+    path = tmp_path / "ttl.db"
+    api = await start_gateway(aiohttp_server, path)
+    uid, _ = await new_user(api, "ttl-target", 10)
+    assert (await api.put(f"/x-users/{uid}", {"CreditGranted": 5}, **key("old"))).status == 200
+    # Age the record past the TTL: the same key now starts a new movement.
+    await api.gw.store.write(
+        [("UPDATE idempotency SET created_at = created_at - ?", (idempotency.TTL + 1,))]
+    )
+    again = await api.put(f"/x-users/{uid}", {"CreditGranted": 5}, **key("old"))
+    assert again.status == 200 and "Idempotent-Replayed" not in again.headers
+    assert ledger.balance(api.gw.state.accounts[uid]) == 20
+    await api.gw.store.write(
+        [("UPDATE idempotency SET created_at = created_at - ?", (idempotency.TTL + 1,))]
+    )
+    await api.close()
+    api = await start_gateway(aiohttp_server, path)
+    try:
+        assert await api.gw.store.scalar("SELECT COUNT(*) FROM idempotency") == 0
     finally:
         await api.close()
