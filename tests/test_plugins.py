@@ -57,3 +57,22 @@ def test_every_hook_is_documented():
 def test_hooks_start_empty():
     hooks = Hooks()
     assert all(getattr(hooks, name) == [] for name in Hooks.__dataclass_fields__)
+
+
+async def test_plugin_from_an_installed_entry_point(make_gateway, tmp_path, monkeypatch):
+    """A distribution declaring `[xaiproxy.plugins] hello = ...` is loaded by that name."""
+    (tmp_path / "xai_hello_pkg.py").write_text(
+        "def setup(gw):\n"
+        "    async def hello(call):\n"
+        "        return call.json({'from': 'entry point', 'caller': call.caller.id})\n"
+        "    gw.route('GET', '/x-hello-ep', hello, summary='hello')\n"
+    )
+    dist = tmp_path / "xai_hello_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xai-hello-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[xaiproxy.plugins]\nhello-ep = xai_hello_pkg\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    api = await make_gateway(plugins=("keys", "hello-ep"))
+    assert api.gw.plugins == ["keys", "hello-ep"]
+    r = await api.get("/x-hello-ep")
+    assert r.status == 200 and r.body == {"from": "entry point", "caller": 1}
