@@ -1,12 +1,20 @@
-"""Owner configuration: GET/PUT/POST/DELETE /x-config and the /x-conf overview (owners only)."""
+"""Owner configuration: GET/PUT/POST/DELETE /x-config and the /x-conf overview (owners only).
+
+The overview also shows each key's recent failed upstream attempts (status or network
+outcome, with the time), kept in memory by this instance from the data plane's
+`on_request_end` hook: the last few per key, so an owner sees why a key misbehaves
+before it is put to sleep.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from xaiproxy import ownerconf
 from xaiproxy.errors import ApiError
 
+from ._userfields import iso
 from .keys import public as public_key
 
 UPDATE_BODY = {
@@ -28,6 +36,37 @@ DELETE_BODY = {
     "required": ["keys"],
     "additionalProperties": False,
 }
+
+
+FAILURES_KEPT = 10  # per key
+RETRYABLE = frozenset({401, 403, 429})  # with every 5xx and every network outcome
+
+
+class KeyFailures:
+    """The last FAILURES_KEPT failed attempts of each provider key: (time, outcome)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[int, deque] = {}
+
+    def observe(self, ctx) -> None:
+        for key_id, _level, outcome in ctx.attempt_log or ():
+            if not isinstance(outcome, int) or outcome >= 500 or outcome in RETRYABLE:
+                kept = self.by_key.get(key_id)
+                if kept is None:
+                    kept = self.by_key[key_id] = deque(maxlen=FAILURES_KEPT)
+                kept.append((time.time(), str(outcome)))
+
+    def of(self, keys) -> dict:
+        """{key id: [{"at", "outcome"}, ...] oldest first} for the keys that failed lately."""
+        return {
+            k.id: [{"at": iso(at), "outcome": outcome} for at, outcome in self.by_key[k.id]]
+            for k in keys
+            if k.id in self.by_key
+        }
+
+    def forget(self, live_ids) -> None:
+        for key_id in [k for k in self.by_key if k not in live_ids]:
+            del self.by_key[key_id]
 
 
 def _answer(call, cfg) -> dict:
@@ -59,7 +98,16 @@ async def delete_config(call):
     return call.json({**_answer(call, cfg), "deleted": sorted(keys)})
 
 
-async def overview(call):
+def overview(failures: KeyFailures):
+    async def handler(call):
+        failures.forget(call.gw.state.keys)  # deleted keys
+        return await _overview(call, failures)
+
+    handler.__name__ = "overview"
+    return handler
+
+
+async def _overview(call, failures: KeyFailures):
     gw, caller = call.gw, call.caller
     cfg = gw.config(caller.id)
     now = time.time()
@@ -76,6 +124,7 @@ async def overview(call):
             "keys": [public_key(k, now) for k in keys],
             "sleeping": [k.id for k in keys if k.sleep_until > now],
             "disabled": [k.id for k in keys if not k.status],
+            "failures": failures.of(keys),
             "levels": levels,
             "UserMinBalance": cfg.number("USER_MIN_BALANCE"),
             "UserApiBalance": cfg.number("USER_API_BALANCE"),
@@ -85,6 +134,8 @@ async def overview(call):
 
 
 def setup(gw) -> None:
+    failures = KeyFailures()
+    gw.hooks.on_request_end.append(failures.observe)
     opts = {"owner_only": True, "tag": "config"}
     gw.route("GET", "/x-config", get_config, summary="The owner's config", **opts)
     for method in ("PUT", "POST"):
@@ -107,7 +158,7 @@ def setup(gw) -> None:
     gw.route(
         "GET",
         "/x-conf",
-        overview,
-        summary="Owner overview: config, keys and their state, thresholds",
+        overview(failures),
+        summary="Owner overview: config, keys and their state (sleeping, recent failures), thresholds",
         **opts,
     )

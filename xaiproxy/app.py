@@ -8,7 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from . import accesslog, boot, errors, metrics, openapi, plugins, pricing, relay
+from . import accesslog, boot, console, errors, metrics, openapi, plugins, pricing, relay
 from .errors import ApiError
 from .plugins import Gateway
 from .state import State
@@ -98,6 +98,7 @@ def create_app(settings) -> web.Application:
     plugins.load(gw, settings.plugins)
     plugins.mount(app, gw)
     openapi.setup(app, gw)
+    console.setup(app)
     metrics.setup(app, gw)
     accesslog.setup(app, gw)
     app.cleanup_ctx.append(_lifecycle(gw))
