@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint fmt clean install
+.PHONY: run test bench lint fmt clean install browser console-shots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,10 +19,28 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/xaiproxy serve
 
-test: $(STAMP)
+# The console tests drive the system Chromium; install it where missing (root only).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt-get) for the console tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver >/dev/null; \
+	else \
+		echo "NOTE: chromium/chromium-driver are missing and this is not root:" \
+			"the console browser tests will be SKIPPED (apt-get install chromium chromium-driver)"; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Screenshots of every console page, into console-shots/ (gitignored), to look at.
+console-shots: $(STAMP) browser
+	rm -rf console-shots
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser.py
+	@echo "screenshots: $$(ls console-shots | wc -l) files in console-shots/"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

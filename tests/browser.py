@@ -36,7 +36,9 @@ WAIT = 10  # seconds for anything on a page to appear
 def start_browser():
     """A fresh headless Chromium with its own profile and download folder."""
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip("chromium and chromium-driver are not installed (make test installs them as root)")
+        pytest.skip(
+            "chromium and chromium-driver are not installed (make test installs them as root)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -65,10 +67,10 @@ def stop_browser(driver) -> None:
     shutil.rmtree(driver.downloads, ignore_errors=True)
 
 
-def shot(driver, name: str) -> Path:
+def shot(driver, name: str, height: int = 6000, scale: float = 1) -> Path:
     """A screenshot of the whole page (beyond the viewport) as console-shots/<name>.png."""
     SHOTS.mkdir(exist_ok=True)
-    width, height = driver.execute_script(
+    width, h = driver.execute_script(
         "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
     )
     data = driver.execute_cdp_cmd(
@@ -76,7 +78,7 @@ def shot(driver, name: str) -> Path:
         {
             "format": "png",
             "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": width, "height": min(height, 6000), "scale": 1},
+            "clip": {"x": 0, "y": 0, "width": width, "height": min(h, height), "scale": scale},
         },
     )
     path = SHOTS / f"{name}.png"

@@ -2,7 +2,11 @@
 
 import pytest
 
+from tests import fakes
+from tests.fakes import add_key, chat
 from tests.helpers import start_gateway
+
+make_upstream = fakes.make_upstream  # fixture
 
 SEED_BODY = {
     "MODEL_MAPPER": "gpt-3.5*=gpt-4o-mini, o*=gpt-4o",
@@ -133,3 +137,23 @@ async def test_config_survives_restart(aiohttp_server, tmp_path):
         assert cfg.version == 1 and cfg.level_of("gpt-4-turbo") == 2
     finally:
         await second.close()
+
+
+async def test_x_conf_shows_each_keys_recent_failures(make_gateway, make_upstream):
+    upstream = await make_upstream()
+    api = await make_gateway()
+    first = await add_key(api, upstream)
+    second = await add_key(api, upstream)
+    upstream.fail("500", "503")  # one attempt on each key, then the request fails
+    r = await api.post("/v1/chat/completions", chat())
+    assert r.status == 503
+    r = await api.post("/v1/chat/completions", chat())
+    assert r.status == 200  # successes are not failures
+    body = (await api.get("/x-conf")).body
+    failures = body["failures"]
+    assert sorted(failures) == sorted([str(first), str(second)])
+    outcomes = sorted(f["outcome"] for entries in failures.values() for f in entries)
+    assert outcomes == ["500", "503"]
+    assert all(f["at"].endswith("Z") for entries in failures.values() for f in entries)
+    assert (await api.delete(f"/x-keys/{first}")).status == 200
+    assert list((await api.get("/x-conf")).body["failures"]) == [str(second)]
