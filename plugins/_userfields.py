@@ -221,7 +221,7 @@ def iso(ts: float) -> str:
 
 
 def grants(acc: Account, now: float | None = None) -> list[dict]:
-    """Unexpired grants, soonest expiry first, in the account's units."""
+    """Unexpired grants and debts, soonest expiry first, in the account's units."""
     if acc.is_root:
         return []
     now = time.time() if now is None else now
@@ -235,7 +235,7 @@ def grants(acc: Account, now: float | None = None) -> list[dict]:
             "Reference": g.reference,
         }
         for g in acc.grants
-        if g.expires_at > now
+        if g.expires_at > now or g.remaining_n < 0  # a debt shows until it is paid
     ]
 
 

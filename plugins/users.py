@@ -152,6 +152,7 @@ def _pure_refund(body: dict) -> bool:
 def _change(gw, caller: Account, acc: Account, body: dict, values: dict, amount: float):
     if not values and not amount:
         raise uf.bad("nothing to change: send the fields to update, or a non-zero CreditGranted")
+    _keep(gw.state, acc, {*values, "rates", "credit_granted", "hard_limit", "soft_limit"})
     ops, extra = _move(gw, caller, acc, body, values, amount)
     if values:
         changed = ", ".join(sorted(uf.updates(values)))
@@ -196,6 +197,21 @@ def _follow_credit(acc: Account, amount: float, values: dict) -> None:
         values["soft_limit"] = 0.8 * values["hard_limit"]
 
 
+def _keep(state, acc: Account, attrs: set[str]) -> None:
+    """Remember acc's fields that this change may set (name and email undo through rename)."""
+    old = {a: getattr(acc, a) for a in attrs - {"name", "email"}}
+    old["updated_at"] = acc.updated_at
+
+    def restore() -> None:
+        for attr, value in old.items():
+            setattr(acc, attr, value)
+        acc.compile()
+        acc.limiter = None
+        state.relink(acc)
+
+    state.remember(restore)
+
+
 def _apply(state, acc: Account, values: dict) -> None:
     state.rename(acc, values.get("name"), values.get("email"))
     for attr, value in values.items():
@@ -222,9 +238,9 @@ async def delete(call):
 
 
 def _remove(gw, caller: Account, acc: Account):
-    """Refund the whole balance to the parent, re-attach the children, drop the account."""
+    """Refund the balance (less reservations) to the parent, re-attach the children, drop it."""
     state, parent = gw.state, acc.parent
-    ops, back = gw.ledger.refund(acc, parent, None, caller, "delete")
+    ops, back = gw.ledger.leave(acc, caller)
     moved: list[Account] = []
     for child in list(acc.children.values()):
         state.reparent(child, parent)

@@ -9,7 +9,8 @@ request, in order), or a client sends `x-fake-fault: reset:2`. Kinds: an HTTP st
 after n chunks), "hang" (no headers for a long time), "stall:<n>" (stop after n
 chunks), "malformed" (broken SSE framing), "nousage" (answer without usage).
 Other controls: `x-fake-chunks` (content chunks, default 3), `x-fake-delay` (seconds
-between chunks), `x-fake-cached` / `x-fake-cache-write` (cached prompt tokens).
+between chunks), `x-fake-cached` / `x-fake-cache-write` (cached prompt tokens),
+`x-fake-usage` (a JSON object merged into the usage: huge, negative or odd counts).
 """
 
 from __future__ import annotations
@@ -143,12 +144,13 @@ class FakeUpstream:
     # -- OpenAI ----------------------------------------------------------------
     def _openai_usage(self, request, completion: int) -> dict:
         cached, _ = self._cached(request)
-        return {
+        usage = {
             "prompt_tokens": PROMPT_TOKENS,
             "completion_tokens": completion,
             "total_tokens": PROMPT_TOKENS + completion,
             "prompt_tokens_details": {"cached_tokens": cached},
         }
+        return _usage_override(request, usage)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         seen, fault = await self._record(request)
@@ -294,6 +296,7 @@ class FakeUpstream:
             "cache_read_input_tokens": cached,
             "cache_creation_input_tokens": write,
         }
+        usage = _usage_override(request, usage)
         message = {
             "id": f"msg_{next(self._ids)}",
             "type": "message",
@@ -338,6 +341,12 @@ class FakeUpstream:
         events.append(_event("message_delta", md))
         events.append(_event("message_stop", {"type": "message_stop"}))
         return await self._stream(request, events, fault)
+
+
+def _usage_override(request: web.Request, usage: dict) -> dict:
+    """`x-fake-usage: {"completion_tokens": 18446744073709551615}` sets any usage fields."""
+    extra = request.headers.get("x-fake-usage")
+    return {**usage, **orjson.loads(extra)} if extra else usage
 
 
 def _event(name: str, data: dict) -> bytes:

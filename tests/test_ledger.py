@@ -102,9 +102,9 @@ def test_refund_fee_and_limits(tree):
     assert back == 39.8 and ledger.balance(parent) == 39.8 and ledger.balance(child) == 90
     refund = [g for g in parent.grants if g.reference == "refund"][0]
     assert abs(refund.expires_at - refund.granted_at - 180 * 86400) < 1
-    ops, back = money.refund(child, parent, None, parent, "delete")  # everything
+    ops, back = money.leave(child, parent)  # delete: everything
     assert back == pytest.approx(59.8) and ledger.balance(child) == 0
-    assert money.refund(child, parent, None, parent, "delete") == ([], 0.0)
+    assert child.deleted and money.settle_deleted(child) == []
 
 
 def test_tiny_refund_is_all_fee(tree):

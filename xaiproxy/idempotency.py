@@ -61,16 +61,16 @@ def redact(answer: Any) -> Any:
 class Guard:
     """Runs money movements so that an Idempotency-Key applies them at most once."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, state) -> None:
         self.store = store
+        self.state = state
         self.inflight: dict[tuple[int, str], asyncio.Future] = {}
 
     async def run(self, request: web.Request, account_id: int, body: Any, work: Work):
         """Apply work() and persist its unit; replay or refuse when the key was used."""
         key = request.headers.get(HEADER)
         if key is None:
-            answer, ops, status = work()
-            await self.store.write(ops)
+            answer, ops, status = await self._apply(work, lambda _answer, _status: [])
             return _json(answer, status)
         if not _KEY_RE.match(key):
             raise ApiError(
@@ -108,16 +108,34 @@ class Guard:
                 content_type="application/json",
                 headers={"Idempotent-Replayed": "true"},
             )
-        answer, ops, status = work()
-        stored = orjson.dumps(redact(answer), option=orjson.OPT_NON_STR_KEYS)
-        record: Op = (
-            "INSERT OR REPLACE INTO idempotency"
-            " (account_id, key, fingerprint, status, response, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (*slot, print_, status, stored, time.time()),
-        )
-        await self.store.write([*ops, record])
+
+        def record(answer, status: int) -> list[Op]:
+            stored = orjson.dumps(redact(answer), option=orjson.OPT_NON_STR_KEYS)
+            return [
+                (
+                    "INSERT OR REPLACE INTO idempotency"
+                    " (account_id, key, fingerprint, status, response, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (*slot, print_, status, stored, time.time()),
+                )
+            ]
+
+        answer, _ops, status = await self._apply(work, record)
         return _json(answer, status)
+
+    async def _apply(self, work: Work, extra: Callable[[Any, int], list[Op]]):
+        """Run work() and store its unit; if the unit is not stored, memory is taken back."""
+        with self.state.recording() as undo:
+            answer, ops, status = work()
+            ops = [*ops, *extra(answer, status)]
+        try:
+            await self.store.write(ops)
+        except Exception as exc:
+            undo()
+            raise ApiError(
+                500, "write_failed", "the change could not be stored and was not applied; retry"
+            ) from exc
+        return answer, ops, status
 
     async def prune(self) -> None:
         """Forget records past their TTL (run at start)."""
@@ -138,6 +156,6 @@ def guard(gw) -> Guard:
     """The gateway's one Guard (created on first use; pruned at start)."""
     g = getattr(gw, "idempotency", None)
     if g is None:
-        g = gw.idempotency = Guard(gw.store)
+        g = gw.idempotency = Guard(gw.store, gw.state)
         gw.on_startup(g.prune)
     return g

@@ -26,6 +26,8 @@ DEFAULT_DAYS = 365.0
 REFUND_DAYS = 180.0
 REFUND_FEE = 0.2  # base worth (USD at Rates 1) kept on every refund and delete
 UNLIMITED_N = 10**18
+# One request costs at most $10M at Rates 1: bounded so sums of deltas stay in SQLite's int64.
+MAX_COST_N = 10**16
 
 
 def to_n(amount: float, rates: float) -> int:
@@ -37,11 +39,19 @@ def from_n(value_n: int, rates: float = 1.0) -> float:
     return round(value_n * rates / NANO, 9)
 
 
+def cost_n(usd: float) -> int:
+    """A request's cost in nano base units: never negative, never past MAX_COST_N (SQL-safe)."""
+    if not usd > 0:  # also NaN
+        return 0
+    return min(round(min(usd, MAX_COST_N / NANO) * NANO), MAX_COST_N)
+
+
 def balance_n(acc: Account, now: float | None = None) -> int:
     if acc.is_root:
         return UNLIMITED_N
     now = time.time() if now is None else now
-    return sum(g.remaining_n for g in acc.grants if g.expires_at > now)
+    # Expiry ends what a grant holds, never what it owes: a debt counts until it is paid.
+    return sum(g.remaining_n for g in acc.grants if g.expires_at > now or g.remaining_n < 0)
 
 
 def balance(acc: Account, now: float | None = None) -> float:
@@ -66,6 +76,10 @@ def reserve(acc: Account, estimate_n: int, floor_n: int) -> bool:
 def release(acc: Account, estimate_n: int) -> None:
     if not acc.is_root:
         acc.reserved_n -= estimate_n
+
+
+def _give_back(g: Grant, take_n: int) -> None:
+    g.remaining_n += take_n
 
 
 def _grant_delta(g: Grant, take_n: int) -> Op:
@@ -150,6 +164,7 @@ class Ledger:
             reference,
         )
         bisect.insort(acc.grants, g, key=lambda x: x.expires_at)
+        self.state.remember(lambda: acc.grants.remove(g))
         op = (
             "INSERT INTO grants (id, account_id, amount_n, remaining_n, granted_at, expires_at,"
             " reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -173,9 +188,8 @@ class Ledger:
                 break
             take = min(g.remaining_n, left)
             if take > 0:
-                g.remaining_n -= take
+                ops.append(self._take(g, take))
                 left -= take
-                ops.append(_grant_delta(g, take))
         if left > 0:
             if not allow_debt:
                 raise AssertionError("draw beyond balance")
@@ -183,9 +197,13 @@ class Ledger:
             if g is None:
                 g, op = self.new_grant(acc, 0, 0, "debt", now)
                 ops.append(op)
-            g.remaining_n -= left
-            ops.append(_grant_delta(g, left))
+            ops.append(self._take(g, left))
         return ops
+
+    def _take(self, g: Grant, take_n: int) -> Op:
+        g.remaining_n -= take_n
+        self.state.remember(lambda: _give_back(g, take_n))
+        return _grant_delta(g, take_n)
 
     def fund(
         self,
@@ -215,15 +233,15 @@ class Ledger:
         return ops
 
     def refund(
-        self, child: Account, parent: Account, amount: float | None, operator: Account, kind: str
+        self, child: Account, parent: Account, amount: float, operator: Account, kind: str
     ) -> tuple[list[Op], float]:
-        """Move `amount` (child's units; None = all) back to parent, less the fee, as a 180-day grant.
+        """Move `amount` (child's units) back to parent, less the fee, as a 180-day grant.
 
-        Returns the ops and what the parent received, in the parent's units.
+        Never more than the balance less what requests in flight reserved. Returns the ops
+        and what the parent received, in the parent's units.
         """
-        now = time.time()
-        free_n = max(balance_n(child, now) - (0 if amount is None else child.reserved_n), 0)
-        amount_n = free_n if amount is None else to_n(amount, child.rates)
+        free_n = max(balance_n(child) - child.reserved_n, 0)
+        amount_n = to_n(amount, child.rates)
         if amount_n > free_n:
             raise ApiError(
                 400,
@@ -231,13 +249,63 @@ class Ledger:
                 f"cannot refund {from_n(amount_n, child.rates):.4f}: the account holds "
                 f"{from_n(free_n, child.rates):.4f}",
             )
+        return self._refund_n(child, parent, amount_n, operator, kind, REFUND_FEE)
+
+    def _refund_n(
+        self,
+        child: Account,
+        parent: Account,
+        amount_n: int,
+        operator: Account,
+        kind: str,
+        fee: float,
+    ) -> tuple[list[Op], float]:
         if amount_n <= 0:
             return [], 0.0
+        now = time.time()
         ops = self._draw(child, amount_n, now, allow_debt=False)
-        fee_n = min(to_n(REFUND_FEE, 1.0), amount_n)
+        fee_n = min(to_n(fee, 1.0), amount_n)
         back_n = amount_n - fee_n
         if back_n > 0 and not parent.is_root:
             _, op = self.new_grant(parent, back_n, REFUND_DAYS, kind, now)
             ops.append(op)
         ops.append(_journal(child, parent, back_n, fee_n, kind, operator.id))
         return ops, from_n(back_n, parent.rates)
+
+    # -- delete ------------------------------------------------------------------
+    def leave(self, acc: Account, operator: Account) -> tuple[list[Op], float]:
+        """Deleting acc: refund its balance less what requests in flight reserved (less the
+        fee) to its parent; with nothing in flight, settle the rest (a debt) at once.
+
+        Requests still in flight keep their reservation on acc; when the last one ends,
+        `settle_deleted` moves what is left (or what is owed) to the nearest live ancestor.
+        """
+        free_n = balance_n(acc) - acc.reserved_n
+        ops, back = self._refund_n(acc, acc.parent, free_n, operator, "delete", REFUND_FEE)
+        acc.deleted = True
+        self.state.remember(lambda: setattr(acc, "deleted", False))
+        return ops + self.settle_deleted(acc), back
+
+    def settle_deleted(self, acc: Account) -> list[Op]:
+        """A deleted account with nothing in flight: its rest goes to, or its debt is paid by,
+        the nearest live ancestor (no fee: the delete took it). Never written off."""
+        if not acc.deleted or acc.reserved_n:
+            return []
+        heir = acc.parent
+        while heir.deleted:
+            heir = heir.parent
+        rest_n = balance_n(acc)
+        if rest_n > 0:
+            return self._refund_n(acc, heir, rest_n, acc, "delete", 0.0)[0]
+        if rest_n == 0:
+            return []
+        owed_n = -rest_n
+        ops = [] if heir.is_root else self._draw(heir, owed_n, time.time(), allow_debt=True)
+        left = owed_n
+        for g in acc.grants:
+            if g.remaining_n < 0 and left > 0:
+                pay = min(-g.remaining_n, left)
+                ops.append(self._take(g, -pay))
+                left -= pay
+        ops.append(_journal(heir, acc, owed_n, 0, "delete_debt", acc.id))
+        return ops

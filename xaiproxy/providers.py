@@ -161,27 +161,49 @@ def auth_headers(
     return out
 
 
+MAX_TOKENS_COUNT = 2**40  # larger (or negative, float, bool, text) counts are bad input
+
+
+class BadUsage(ValueError):
+    """The upstream's usage holds a count that is not an integer in [0, MAX_TOKENS_COUNT]."""
+
+
+def _count(value) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_COUNT:
+        return value
+    raise BadUsage(f"usage count {str(value)[:40]!r} is out of range")
+
+
 def _dig(obj: dict, path: tuple[str, ...]) -> int:
     for name in path:
         if not isinstance(obj, dict):
             return 0
         obj = obj.get(name)
-    return obj if isinstance(obj, int) and not isinstance(obj, bool) else 0
+    return _count(obj)
 
 
 def _first(obj: dict, names: tuple[str, ...]) -> int:
     for name in names:
         value = obj.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if value is not None:
+            return _count(value)
     return 0
 
 
-def normalize_usage(fields: UsageFields, usage: dict) -> tuple[int, int, int, int]:
-    """(prompt incl. cached, completion, cache read, cache write), as pricing.cost_usd expects."""
-    cached = sum(_dig(usage, p) for p in fields.cached)
-    cache_write = sum(_dig(usage, p) for p in fields.cache_write)
-    prompt = _first(usage, fields.prompt)
+def normalize_usage(fields: UsageFields, usage: dict) -> tuple[int, int, int, int] | None:
+    """(prompt incl. cached, completion, cache read, cache write), as pricing.cost_usd expects.
+
+    None when any count is bad input (SPEC 5): the caller then estimates instead.
+    """
+    try:
+        cached = sum(_dig(usage, p) for p in fields.cached)
+        cache_write = sum(_dig(usage, p) for p in fields.cache_write)
+        prompt = _first(usage, fields.prompt)
+        completion = _first(usage, fields.completion)
+    except BadUsage:
+        return None
     if fields.prompt_excludes_cache:
         prompt += cached + cache_write
-    return prompt, _first(usage, fields.completion), cached, cache_write
+    return prompt, completion, cached, cache_write

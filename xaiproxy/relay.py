@@ -83,7 +83,14 @@ class Relay:
         finally:
             self.inflight -= 1
             release(ctx)
+            if ctx.account is not None and ctx.account.deleted:
+                self._settle_deleted(ctx.account)
             self._finish(ctx, None)
+
+    def _settle_deleted(self, acc) -> None:
+        """Deleted mid-request: the last request out settles the rest with the parent."""
+        if ops := self.gw.ledger.settle_deleted(acc):
+            self.gw.store.submit(ops)
 
     def _finish(self, ctx: RequestContext, response):
         if self.hooks.on_request_end:
@@ -303,8 +310,8 @@ class Relay:
             ctx.cached_tokens,
             ctx.cache_write_tokens,
         )
-        ctx.cost_n = round(usd * acc.factor * ledger.NANO)
-        ctx.cost = usd * acc.rates * acc.factor
+        ctx.cost_n = ledger.cost_n(usd * acc.factor)
+        ctx.cost = ledger.from_n(ctx.cost_n, acc.rates)
         acc.month_spend += ctx.cost
         self.gw.store.submit_usage(self._usage_row(ctx), self.gw.ledger.spend(acc, ctx.cost_n))
         if ctx.limits:
@@ -386,12 +393,9 @@ async def _write(ctx: RequestContext, out: web.StreamResponse, data: bytes) -> b
 
 def _tokens(ctx: RequestContext, scanner, complete: bool) -> None:
     """Usage from the answer; estimates (marked) where it is missing or the answer was cut."""
-    usage = scanner.usage
-    if usage:
-        p, c, cached, write = providers.normalize_usage(ctx.protocol.usage, usage)
-    else:
-        p, c, cached, write = 0, 0, 0, 0
-    ctx.estimated = not usage or not complete
+    counts = providers.normalize_usage(ctx.protocol.usage, scanner.usage) if scanner.usage else None
+    p, c, cached, write = counts or (0, 0, 0, 0)
+    ctx.estimated = counts is None or not complete
     if ctx.estimated:
         p = p or ctx.prompt_estimate
         c = max(c, scanner.estimate_completion())

@@ -8,8 +8,10 @@ so every plugin answers "outside your subtree" the same way: 404.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +126,7 @@ class Account:
     owner_acc: Account | None = None  # nearest owner, ancestor-or-self
     grants: list[Grant] = field(default_factory=list)  # soonest expiry first
     reserved_n: int = 0  # estimated cost of requests in flight
+    deleted: bool = False  # removed from the tree; its requests in flight settle with the parent
     month: str = ""  # "YYYY-MM" that month_spend counts
     month_spend: float = 0.0  # in the account's own units
     ip_nets: tuple | None = None
@@ -175,6 +178,18 @@ class ProviderKey:
         return self.status and self.sleep_until <= now
 
 
+@dataclass(slots=True)
+class Undo:
+    """The inverses of one management change, run newest first. Each is a delta or a
+    re-link, so data-plane changes made meanwhile (spends, reservations) are kept."""
+
+    steps: list[Callable[[], None]]
+
+    def __call__(self) -> None:
+        while self.steps:
+            self.steps.pop()()
+
+
 class State:
     """Everything the data plane needs, in memory. Single event loop: no locks."""
 
@@ -187,6 +202,27 @@ class State:
         self.configs: dict[int, Any] = {}  # owner id -> ownerconf.OwnerConfig
         self.keys_version = 0  # bumped on every provider-key change; routing caches on it
         self._next_ids: dict[str, int] = {}
+        self._undo: list[Callable[[], None]] | None = None
+
+    # -- undo (a management change whose unit was not stored is taken back) --
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[Undo]:
+        """Collect the inverse of every change made inside; a failure inside undoes them."""
+        undo = Undo([])
+        self._undo = undo.steps
+        try:
+            yield undo
+        except BaseException:
+            self._undo = None
+            undo()
+            raise
+        finally:
+            self._undo = None
+
+    def remember(self, inverse: Callable[[], None]) -> None:
+        """Register how to take back a change just made (a no-op outside `recording`)."""
+        if self._undo is not None:
+            self._undo.append(inverse)
 
     # -- id allocation (one process owns the store) ------------------------
     def next_id(self, table: str) -> int:
@@ -212,6 +248,7 @@ class State:
             acc.parent = self.accounts[acc.parent_id]
             acc.parent.children[acc.id] = acc
         self.relink(acc)
+        self.remember(lambda: self.remove_account(acc))
 
     def remove_account(self, acc: Account) -> None:
         self.accounts.pop(acc.id, None)
@@ -220,8 +257,10 @@ class State:
         self.by_email.pop(acc.email.lower(), None)
         if acc.parent is not None:
             acc.parent.children.pop(acc.id, None)
+        self.remember(lambda: self.add_account(acc))
 
     def rename(self, acc: Account, name: str | None = None, email: str | None = None) -> None:
+        old_name, old_email = acc.name, acc.email
         if name is not None:
             self.by_name.pop(acc.name.lower(), None)
             acc.name = name
@@ -230,28 +269,37 @@ class State:
             self.by_email.pop(acc.email.lower(), None)
             acc.email = email
             self.by_email[email.lower()] = acc
+        if name is not None or email is not None:
+            self.remember(lambda: self.rename(acc, old_name, old_email))
 
     def set_key(self, acc: Account, key_hash: str, key_prefix: str) -> None:
+        old = acc.key_hash, acc.key_prefix
+        self.remember(lambda: self.set_key(acc, *old))
         self.by_key.pop(acc.key_hash, None)
         acc.key_hash, acc.key_prefix = key_hash, key_prefix
         self.by_key[key_hash] = acc
 
     def reparent(self, acc: Account, parent: Account) -> None:
-        if acc.parent is not None:
-            acc.parent.children.pop(acc.id, None)
+        old = acc.parent
+        if old is not None:
+            old.children.pop(acc.id, None)
+            self.remember(lambda: self.reparent(acc, old))
         acc.parent, acc.parent_id = parent, parent.id
         parent.children[acc.id] = acc
         self.relink(acc)
 
     def relink(self, acc: Account) -> None:
-        """Recompute chain, DNA, level and owner for acc and its whole subtree."""
-        parent = acc.parent
-        acc.chain = (*parent.chain, acc) if parent else (acc,)
-        acc.dna = f"{parent.dna}{acc.id}." if parent else f".{acc.id}."
-        acc.level = len(acc.chain) - 1
-        acc.owner_acc = acc if (acc.owner or parent is None) else parent.owner_acc
-        for child in acc.children.values():
-            self.relink(child)
+        """Recompute chain, DNA, level and owner for acc and its whole subtree (no recursion:
+        a chain may be thousands deep)."""
+        stack = [acc]
+        while stack:
+            a = stack.pop()
+            parent = a.parent
+            a.chain = (*parent.chain, a) if parent else (a,)
+            a.dna = f"{parent.dna}{a.id}." if parent else f".{a.id}."
+            a.level = len(a.chain) - 1
+            a.owner_acc = a if (a.owner or parent is None) else parent.owner_acc
+            stack.extend(a.children.values())
 
     def subtree(self, acc: Account) -> list[Account]:
         out, stack = [], list(acc.children.values())

@@ -151,46 +151,83 @@ class Store:
                 errors = await loop.run_in_executor(self._exec, self._commit, batch, usage, deltas)
             except Exception as exc:  # the whole transaction failed (disk, lock)
                 log.error("batch of %d units failed: %s", len(batch), exc)
-                self.write_errors += len(batch)
                 errors = [exc] * len(batch)
+                self._requeue(batch, usage, deltas)
+                await asyncio.sleep(self.flush_interval)  # a failing disk is not retried hot
             self.last_flush_seconds = time.perf_counter() - started
             self.flushes += 1
-            for (_, fut), err in zip(batch, errors, strict=True):
+            # Newest first: a waiting caller undoes its memory change, so undo in reverse.
+            for (_, fut), err in reversed(list(zip(batch, errors, strict=True))):
                 if fut is not None and not fut.done():
                     if err is None:
                         fut.set_result(None)
                     else:
                         fut.set_exception(err)
 
+    def _requeue(self, batch: list, usage: list, deltas: dict[int, int]) -> None:
+        """After a failed transaction, keep what the data plane already applied in memory.
+
+        Management units are failed instead (their callers undo); at close nothing is kept.
+        """
+        if self._closing:
+            self.write_errors += len(batch) + len(usage)
+            return
+        self._queue[:0] = [(ops, None) for ops, fut in batch if fut is None]
+        self._usage[:0] = usage
+        for gid, n in deltas.items():
+            self._deltas[gid] = self._deltas.get(gid, 0) + n
+        self.write_errors += sum(1 for _, fut in batch if fut is not None)
+
     def _commit(self, batch: list, usage: list, deltas: dict[int, int]) -> list:
-        """One transaction: every unit (each in its savepoint), then the fast lane."""
+        """One transaction: every unit in its own savepoint, then the fast lane in its own.
+
+        A unit that raises anything is rolled back alone; nothing else in the batch is.
+        """
         conn = self._conn
-        errors: list = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for ops, _ in batch:
-                conn.execute("SAVEPOINT unit")
-                try:
-                    for sql, params in ops:
-                        conn.execute(sql, params)
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO unit")
-                    log.error("write unit rolled back: %s", exc)
-                    self.write_errors += 1
-                    errors.append(exc)
-                else:
-                    errors.append(None)
-                conn.execute("RELEASE unit")
+            errors = [self._unit(conn, ops) for ops, _ in batch]
             # After the units, so a grant created in this batch exists before its deltas.
-            if usage:
-                conn.executemany(USAGE_SQL, usage)
-            if deltas:
-                conn.executemany(GRANT_DELTA_SQL, [(n, gid) for gid, n in deltas.items()])
+            self._lane(conn, usage, deltas)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         return errors
+
+    def _unit(self, conn: sqlite3.Connection, ops: list[Op]) -> Exception | None:
+        conn.execute("SAVEPOINT unit")
+        try:
+            for sql, params in ops:
+                conn.execute(sql, params)
+        except Exception as exc:  # OverflowError, TypeError, sqlite3.Error: this unit only
+            conn.execute("ROLLBACK TO unit")
+            conn.execute("RELEASE unit")
+            log.error("write unit rolled back: %s", exc)
+            self.write_errors += 1
+            return exc
+        conn.execute("RELEASE unit")
+        return None
+
+    def _lane(self, conn: sqlite3.Connection, usage: list, deltas: dict[int, int]) -> None:
+        """Usage rows and summed deltas in one savepoint; on failure, each row alone."""
+        if not (usage or deltas):
+            return
+        rows = [(n, gid) for gid, n in deltas.items()]
+        conn.execute("SAVEPOINT lane")
+        try:
+            conn.executemany(USAGE_SQL, usage)
+            conn.executemany(GRANT_DELTA_SQL, rows)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO lane")
+            log.error(
+                "usage batch of %d rows failed (%s); writing them one by one", len(usage), exc
+            )
+            for row in usage:
+                self._unit(conn, [(USAGE_SQL, row)])
+            for row in rows:
+                self._unit(conn, [(GRANT_DELTA_SQL, row)])
+        conn.execute("RELEASE lane")
 
     # -- reading (management only; the data plane never reads) -------------
     async def fetchall(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
