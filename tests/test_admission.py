@@ -127,8 +127,10 @@ async def test_insufficient_balance_and_release(make_gateway, upstream):
 
 async def test_hard_limit_reached(make_gateway, upstream):
     api = await ready(make_gateway, upstream)
-    uid, key = await add_user(api, credit=10, HardLimit=0.000001)
-    assert (await api.post(CHAT, chat(), key=key)).status == 200  # spend 0 < limit
+    uid, key = await add_user(api, credit=10, HardLimit=0.01)
+    big = {"x-fake-usage": '{"completion_tokens": 20000}'}  # bills $0.012
+    # 0 spent + about $0.0025 estimated fits under the limit
+    assert (await api.post(CHAT, chat(), key=key, headers=big)).status == 200
     r = await api.post(CHAT, chat(), key=key)
     assert (r.status, r.error_code) == (403, "hard_limit_reached")
     assert api.gw.state.accounts[uid].reserved_n == 0

@@ -213,13 +213,6 @@ class Admission:
         month = current_month()
         if acc.month != month:
             acc.month, acc.month_spend = month, 0.0
-        if acc.hard_limit > 0 and acc.month_spend >= acc.hard_limit:
-            raise ApiError(
-                403,
-                "hard_limit_reached",
-                f"this month's spend reached the HardLimit of {acc.hard_limit:g}; "
-                "ask for a higher limit or wait for next month",
-            )
         estimate_n = self.estimate_n(ctx)
         if not ledger.reserve(acc, estimate_n, ledger.to_n(self.settings.call_floor, acc.rates)):
             raise ApiError(
@@ -228,20 +221,33 @@ class Admission:
                 f"the balance ({ledger.balance(acc):.4f}, less requests in flight) cannot cover "
                 "this request; recharge the account or lower max_tokens",
             )
-        ctx.reserved_n = estimate_n
+        over = ledger.over_hard_limit(acc.chain, estimate_n, month)
+        if over is not None:
+            ledger.release(acc, estimate_n)
+            whose = "this account's" if over is acc else "an account above this one's"
+            raise ApiError(
+                403,
+                "hard_limit_reached",
+                f"this month's spend, with requests in flight, would pass {whose} HardLimit"
+                f" of {over.hard_limit:g}; ask for a higher limit or wait for next month",
+            )
+        ledger.hold(acc.chain, estimate_n)
+        ctx.reserved_n, ctx.held = estimate_n, acc.chain
 
     def estimate_n(self, ctx: RequestContext) -> int:
-        """Prompt estimate plus the completion cap, at list price x Factor, in nano base units."""
-        cap = self.settings.default_max_tokens
+        """Prompt estimate plus the completion cap times the answers asked for (`n`,
+        `best_of`, images), at list price x Factor, in nano base units."""
+        cap, copies = self.settings.default_max_tokens, 1
         if isinstance(ctx.payload, dict):
             for name in providers.MAX_TOKENS_FIELDS:
-                value = ctx.payload.get(name)
-                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                value = _positive(ctx.payload.get(name))
+                if value:
                     cap = value
                     break
+            copies = max(_positive(ctx.payload.get(f)) for f in providers.COPIES_FIELDS) or 1
         ctx.prompt_estimate = max(ctx.prompt_estimate, 1)
         price = ctx.config.prices(ctx.upstream_model or ctx.model)
-        usd = pricing.cost_usd(price, ctx.prompt_estimate, cap, 0)
+        usd = pricing.cost_usd(price, ctx.prompt_estimate, cap * copies, 0)
         return math.ceil(usd * ctx.account.factor * ledger.NANO)
 
 
@@ -249,6 +255,7 @@ def release(ctx: RequestContext) -> None:
     """Give back what step 8 held; safe to call on every path, any number of times."""
     if ctx.reserved_n:
         ledger.release(ctx.account, ctx.reserved_n)
+        ledger.hold(ctx.held, -ctx.reserved_n)
         ctx.reserved_n = 0
 
 
@@ -278,6 +285,11 @@ def form_field(body: bytes, boundary: bytes, name: bytes) -> tuple[bytes, int, i
             return body[head_end + 4 : end].strip(), head_end + 4, end
         pos = end + 2
     return None
+
+
+def _positive(value) -> int:
+    """A positive integer field of the body, else 0 (the upstream refuses what is wrong)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _model_name(value) -> str:

@@ -68,6 +68,14 @@ async def load(gw) -> str | None:
         acc = state.accounts.get(account_id)
         if acc is not None:
             acc.month, acc.month_spend = month, spent_n * acc.rates / 1e9
+    _load_tree_spend(
+        state,
+        month,
+        await store.fetchall(
+            "SELECT dna, SUM(cost_n) FROM usage_daily WHERE day >= ? GROUP BY dna",
+            (int(start // 86400),),
+        ),
+    )
     for row in await store.fetchall(f"SELECT {', '.join(KEY_COLUMNS)} FROM provider_keys"):
         values = dict(row)
         values["secret"] = gw.box.open(values["secret"])
@@ -80,6 +88,17 @@ async def load(gw) -> str | None:
         for sql in sources:
             state.seed_id(table, await store.scalar(sql))
     return new_root_key
+
+
+def _load_tree_spend(state, month: str, rows) -> None:
+    """HardLimit counts a subtree: each account's month spend includes all below it."""
+    for acc in state.accounts.values():
+        acc.tree_month = month
+    for dna, spent_n in rows:
+        for part in dna.strip(".").split("."):
+            acc = state.accounts.get(int(part)) if part.isdigit() else None
+            if acc is not None:
+                acc.tree_spend_n += spent_n
 
 
 async def _load_configs(gw) -> None:

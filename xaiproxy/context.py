@@ -32,6 +32,7 @@ class RequestContext:
     key: ProviderKey | None = None
     attempts: int = 0
     reserved_n: int = 0
+    held: tuple = ()  # the accounts whose HardLimit the reservation counts against
     status: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

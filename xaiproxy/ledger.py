@@ -78,6 +78,37 @@ def release(acc: Account, estimate_n: int) -> None:
         acc.reserved_n -= estimate_n
 
 
+# -- HardLimit: every account counts its whole subtree's spend and holds -------------
+def over_hard_limit(chain: tuple[Account, ...], estimate_n: int, month: str) -> Account | None:
+    """The first account of the chain whose HardLimit this request would pass, else None.
+
+    Month spend + what requests in flight hold + this estimate, so a burst of concurrent
+    requests just under the limit cannot overshoot it.
+    """
+    for a in chain:
+        if a.tree_month != month:
+            a.tree_month, a.tree_spend_n = month, 0
+        if a.hard_limit > 0:
+            used_n, limit_n = a.tree_spend_n + a.tree_held_n, to_n(a.hard_limit, a.rates)
+            if used_n >= limit_n or used_n + estimate_n > limit_n:
+                return a
+    return None
+
+
+def hold(chain: tuple[Account, ...], amount_n: int) -> None:
+    for a in chain:
+        a.tree_held_n += amount_n
+
+
+def month_spend(acc: Account, cost_n: int, month: str) -> None:
+    """Count a settled cost in this month's spend of the account and every ancestor."""
+    acc.month_spend += from_n(cost_n, acc.rates)
+    for a in acc.chain:
+        if a.tree_month != month:
+            a.tree_month, a.tree_spend_n = month, 0
+        a.tree_spend_n += cost_n
+
+
 def _give_back(g: Grant, take_n: int) -> None:
     g.remaining_n += take_n
 

@@ -73,6 +73,8 @@ DEFAULT_MODELS = {
 INCLUDE_USAGE_PATHS = frozenset(("/v1/chat/completions",))
 # Request fields that cap the completion, in the order we look for them.
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# Request fields that multiply the answers one request is billed for (choices, images).
+COPIES_FIELDS = ("n", "best_of")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import errors, ledger, limits, pricing, providers, sse
-from .admission import Admission, release
+from .admission import Admission, current_month, release
 from .context import RequestContext
 from .errors import ApiError
 from .plugins import REQUEST_CTX
@@ -312,7 +312,7 @@ class Relay:
         )
         ctx.cost_n = ledger.cost_n(usd * acc.factor)
         ctx.cost = ledger.from_n(ctx.cost_n, acc.rates)
-        acc.month_spend += ctx.cost
+        ledger.month_spend(acc, ctx.cost_n, current_month())
         self.gw.store.submit_usage(self._usage_row(ctx), self.gw.ledger.spend(acc, ctx.cost_n))
         if ctx.limits:
             limits.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)

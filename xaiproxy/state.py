@@ -129,6 +129,10 @@ class Account:
     deleted: bool = False  # removed from the tree; its requests in flight settle with the parent
     month: str = ""  # "YYYY-MM" that month_spend counts
     month_spend: float = 0.0  # in the account's own units
+    # HardLimit covers the whole subtree: its month spend and what its requests in flight hold.
+    tree_month: str = ""
+    tree_spend_n: int = 0
+    tree_held_n: int = 0
     ip_nets: tuple | None = None
     model_match: Any = None
     resource_match: Any = None
