@@ -30,6 +30,7 @@ LISTS = {
 }
 PLAIN = {"ChildLimit": "child_limit", "Gear": "gear", "Role": "role", "Tier": "tier"}
 PLAIN |= {"Status": "status"}
+DEFAULT_CHILD_LIMIT = Account.__dataclass_fields__["child_limit"].default
 
 _int = {"type": "integer", "minimum": 0}
 _list = {
@@ -134,8 +135,26 @@ class Edit:
         self._lists(out)
         if "ModelLimits" in body:
             out["model_limits"] = self._model_limits(body["ModelLimits"])
+        self._child_limit(out)
         self._spend_limits(out)
         return out
+
+    def _child_limit(self, out: dict) -> None:
+        """A child's ChildLimit never exceeds its parent's (root has none)."""
+        if self.parent.is_root:
+            return
+        cap = self.parent.child_limit
+        if "child_limit" not in out:
+            if self.target is None:
+                out["child_limit"] = min(DEFAULT_CHILD_LIMIT, cap)
+            return
+        if out["child_limit"] > cap:
+            raise bad(f"ChildLimit {out['child_limit']} exceeds the parent's ({cap})")
+
+    def hard_cap(self, rates: float) -> float | None:
+        """The parent's HardLimit in the child's units (at base worth), or None."""
+        parent = self.parent
+        return parent.hard_limit / parent.rates * rates if parent.hard_limit > 0 else None
 
     def _unique(self, field: str, value: str, index: dict) -> str:
         other = index.get(value.lower())
@@ -201,10 +220,16 @@ class Edit:
     def _spend_limits(self, out: dict) -> None:
         """HardLimit defaults to 10 x CreditGranted; SoftLimit to 0.8 x HardLimit."""
         body, target = self.body, self.target
+        cap = self.hard_cap(out.get("rates", target.rates if target else self.parent.rates))
         if "HardLimit" in body:
             out["hard_limit"] = float(body["HardLimit"])
+            if cap is not None and out["hard_limit"] > cap * (1 + 1e-9):
+                raise bad(
+                    f"HardLimit {out['hard_limit']:g} exceeds the parent's ({cap:g}); 0 = none"
+                )
         elif target is None:
-            out["hard_limit"] = 10 * float(body["CreditGranted"])
+            derived = 10 * float(body["CreditGranted"])
+            out["hard_limit"] = derived if cap is None else min(derived, cap)
         if "SoftLimit" in body:
             out["soft_limit"] = float(body["SoftLimit"])
         elif "hard_limit" in out:

@@ -37,7 +37,6 @@ INSERT_SQL = (
     f" VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
 )
 UPDATE_SQL = f"UPDATE accounts SET {', '.join(c + ' = ?' for c in _COLS)} WHERE id = ?"
-LIMIT_ATTRS = {*uf.LIMITS.values(), "model_limits"}
 LIST_ATTRS = {attr for attr, _ in uf.LISTS.values()}
 
 
@@ -135,11 +134,12 @@ async def update(call):
 
     def work():
         acc = single(gw.state, caller, ident)
-        values = uf.Edit(caller, acc.parent, acc, body, gw.state).values()
+        edit = uf.Edit(caller, acc.parent, acc, body, gw.state)
+        values = edit.values()
         amount = ledger.check_amount(body.get("CreditGranted", 0))
         if "Days" in body and amount <= 0:
             raise uf.bad("Days goes with a positive CreditGranted (a recharge)")
-        return _change(gw, caller, acc, body, values, amount)
+        return _change(gw, caller, acc, body, values, amount, edit)
 
     return await guarded(call, body, work)
 
@@ -149,7 +149,7 @@ def _pure_refund(body: dict) -> bool:
     return set(body) == {"CreditGranted"} and isinstance(amount, int | float) and amount < 0
 
 
-def _change(gw, caller: Account, acc: Account, body: dict, values: dict, amount: float):
+def _change(gw, caller: Account, acc: Account, body: dict, values: dict, amount: float, edit):
     if not values and not amount:
         raise uf.bad("nothing to change: send the fields to update, or a non-zero CreditGranted")
     _keep(gw.state, acc, {*values, "rates", "credit_granted", "hard_limit", "soft_limit"})
@@ -157,7 +157,7 @@ def _change(gw, caller: Account, acc: Account, body: dict, values: dict, amount:
     if values:
         changed = ", ".join(sorted(uf.updates(values)))
         ops.append(gw.oplog(caller, "update_user", acc.id, f"changed {changed}"))
-    _follow_credit(acc, amount, values)
+    _follow_credit(acc, amount, values, edit.hard_cap(acc.rates))
     _apply(gw.state, acc, values)
     ops.insert(0, update_op(acc))
     user = {"ID": acc.id, "Updates": uf.updates(values) | extra}
@@ -186,14 +186,16 @@ def _move(gw, caller: Account, acc: Account, body: dict, values: dict, amount: f
     return ops, extra | {"CreditGranted": amount, "Balance": ledger.balance(acc)}
 
 
-def _follow_credit(acc: Account, amount: float, values: dict) -> None:
-    """A recharge raises CreditGranted; limits still at their derived default follow it."""
+def _follow_credit(acc: Account, amount: float, values: dict, cap: float | None) -> None:
+    """A recharge raises CreditGranted; limits still at their derived default follow it,
+    up to the parent's HardLimit."""
     if amount <= 0:
         return
     derived = abs(acc.hard_limit - 10 * acc.credit_granted) < 1e-6
     acc.credit_granted += amount
     if derived and "hard_limit" not in values and "soft_limit" not in values:
-        values["hard_limit"] = 10 * acc.credit_granted
+        hard = 10 * acc.credit_granted
+        values["hard_limit"] = hard if cap is None else min(hard, cap)
         values["soft_limit"] = 0.8 * values["hard_limit"]
 
 
@@ -206,7 +208,6 @@ def _keep(state, acc: Account, attrs: set[str]) -> None:
         for attr, value in old.items():
             setattr(acc, attr, value)
         acc.compile()
-        acc.limiter = None
         state.relink(acc)
 
     state.remember(restore)
@@ -218,8 +219,6 @@ def _apply(state, acc: Account, values: dict) -> None:
         setattr(acc, attr, value)
     if values.keys() & LIST_ATTRS:
         acc.compile()
-    if values.keys() & LIMIT_ATTRS:
-        acc.limiter = None  # the data plane rebuilds it from the new limits
     if "owner" in values:
         state.relink(acc)
     acc.updated_at = time.time()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.fakes import (
     PROMPT_TOKENS,
     add_user,
@@ -66,15 +68,18 @@ async def test_tpm_counts_billed_tokens(make_gateway, upstream):
     assert api.gw.state.accounts[uid].reserved_n == 0
 
 
-async def test_owner_model_limits_then_account_model_limits(make_gateway, upstream):
+async def test_owner_model_limits_apply_with_account_model_limits(make_gateway, upstream):
     api = await ready(make_gateway, upstream)
     await set_config(api, MODEL_LIMITS={"gpt-4o*": {"rpm": 1}})
     uid, key = await add_user(api)
     assert (await api.post(CHAT, chat("gpt-4o"), key=key)).status == 200
     assert (await api.post(CHAT, chat("gpt-4o"), key=key)).status == 429
     assert (await api.post(CHAT, chat("o3"), key=key)).status == 200  # other models are free
-    await update_user(api, uid, ModelLimits={"gpt-4o": {"rpm": 5}})
-    assert (await api.post(CHAT, chat("gpt-4o"), key=key)).status == 200  # the account's own wins
+    # An account's own ModelLimits (even 0) add to the owner's, never replace them,
+    # and editing the account does not reset the owner's buckets.
+    for own in ({"gpt-4o": {"rpm": 5}}, {"gpt-4o": {"rpm": 0}}):
+        await update_user(api, uid, ModelLimits=own)
+        assert (await api.post(CHAT, chat("gpt-4o"), key=key)).status == 429
 
 
 async def test_limits_rebuilt_when_changed(make_gateway, upstream):
@@ -91,3 +96,55 @@ async def test_unlimited_account_gets_no_limit_headers(make_gateway, upstream):
     api = await ready(make_gateway, upstream)
     r = await api.post(CHAT, chat())
     assert r.status == 200 and "x-ratelimit-limit-requests" not in r.headers
+
+
+async def test_a_childs_requests_count_against_every_ancestor(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    _, pkey = await add_user(api, RPM=2, TPM=10 * BILLED)
+    _, k1 = await add_user(api, credit=30, key=pkey)  # RPM 0: none of its own
+    _, k2 = await add_user(api, credit=30, key=pkey, RPM=2)
+    assert (await api.post(CHAT, chat(), key=k1)).status == 200
+    assert (await api.post(CHAT, chat(), key=k2)).status == 200
+    for key in (k1, k2, pkey):  # the parent's bucket is shared by its whole subtree
+        r = await api.post(CHAT, chat(), key=key)
+        assert (r.status, r.error_code) == (429, "rate_limit_exceeded")
+        assert r.headers["x-ratelimit-limit-requests"] == "2"
+
+
+async def test_account_model_limits_are_shared_by_the_subtree(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    _, pkey = await add_user(api, ModelLimits={"gpt-4o*": {"rpm": 1}})
+    _, k1 = await add_user(api, credit=30, key=pkey)
+    _, k2 = await add_user(api, credit=30, key=pkey, ModelLimits={"gpt-4o": {"rpm": 9}})
+    assert (await api.post(CHAT, chat("gpt-4o"), key=k1)).status == 200
+    assert (await api.post(CHAT, chat("gpt-4o"), key=k2)).status == 429
+    assert (await api.post(CHAT, chat("o3"), key=k2)).status == 200
+
+
+async def test_owner_model_limits_cover_each_subtree_below_the_owner(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    await set_config(api, MODEL_LIMITS={"gpt-4o": {"rpm": 1}})
+    _, pkey = await add_user(api)
+    _, k1 = await add_user(api, credit=30, key=pkey)
+    _, k2 = await add_user(api, credit=30, key=pkey)
+    _, other = await add_user(api)
+    assert (await api.post(CHAT, chat("gpt-4o"), key=k1)).status == 200
+    assert (await api.post(CHAT, chat("gpt-4o"), key=k2)).status == 429  # via the parent
+    assert (await api.post(CHAT, chat("gpt-4o"), key=other)).status == 200  # its own bucket
+    assert (await api.post(CHAT, chat("gpt-4o"))).status == 200  # root: the owner's own
+
+
+async def test_random_model_names_add_no_buckets(make_gateway):
+    """Buckets are keyed by the matched pattern: 10,000 model names, one bucket per pattern."""
+    api = await make_gateway()  # no provider key: every request ends 503 after admission
+    await set_config(api, MODEL_LIMITS={"gpt-*": {"rpm": 10**9}, "*": {"tpm": 10**12}})
+    uid, key = await add_user(api, ModelLimits={"o*": {"rpd": 10**9}})
+    acc = api.gw.state.accounts[uid]
+    names = [f"{('gpt-', 'o', 'x')[i % 3]}{i:x}-{i * 7919 % 100003}" for i in range(10_000)]
+    for start in range(0, len(names), 200):
+        replies = await asyncio.gather(
+            *(api.post(CHAT, chat(n), key=key) for n in names[start : start + 200])
+        )
+        assert {r.status for r in replies} == {503}
+    assert set(acc.limiter.models) == {("owner", "gpt-*"), ("owner", "*"), ("account", "o*")}
+    assert set(api.gw.state.root.limiter.models) == set()

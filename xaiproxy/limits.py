@@ -7,8 +7,11 @@ request is admitted; token buckets are charged the tokens actually billed after 
 answer, and refuse new requests while they are over their limit.
 
 Buckets live in memory per account (`acc.limiter`), built lazily and rebuilt when the
-account's limit values change. Per-model limits come from the account's ModelLimits,
-else the owner's MODEL_LIMITS (glob keys allowed), and are kept per account and model.
+account's limit values change. A request counts against every account of its chain
+(SPEC 3): each account's own RPM..TPD and its ModelLimits, shared by its subtree; the
+owner's MODEL_LIMITS apply in addition, to each account below the owner (and to the
+owner's own requests). Per-model buckets are keyed by the matched pattern, never by
+the raw model name, so random model names cannot grow memory.
 """
 
 from __future__ import annotations
@@ -95,46 +98,68 @@ def _buckets(per_period: tuple[int, ...]) -> list[Bucket]:
 
 
 class AccountLimits:
-    """acc.limiter: the account's own buckets plus one `Limits` per model that has limits."""
+    """acc.limiter: the account's own buckets plus one `Limits` per matched model pattern."""
 
-    __slots__ = ("own", "models")
+    __slots__ = ("values", "own", "models")
 
     def __init__(self, values: tuple[int, ...]) -> None:
+        self.values = values
         self.own = Limits(values) if any(values) else None
-        self.models: dict[str, Limits] = {}
+        self.models: dict[tuple[str, str], Limits] = {}  # (source, pattern) -> buckets
 
 
 def _values(obj) -> tuple[int, ...]:
     return tuple(int(getattr(obj, f)) for f in FIELDS)
 
 
-def _model_values(limits: dict, model: str) -> tuple[int, ...] | None:
-    entry = limits.get(model)
-    if entry is None:
-        entry = next((v for k, v in limits.items() if fnmatch.fnmatchcase(model, k)), None)
-    if not entry:
+def match(table: dict, model: str) -> tuple[str, tuple[int, ...]] | None:
+    """(pattern, limits) of the entry that governs `model`: exact name, else first glob."""
+    key = model if model in table else None
+    if key is None:
+        key = next((k for k in table if fnmatch.fnmatchcase(model, k)), None)
+    if key is None:
         return None
-    return tuple(int(entry.get(f, 0)) for f in FIELDS)
+    values = tuple(int(table[key].get(f, 0)) for f in FIELDS)
+    return (key, values) if any(values) else None
+
+
+def _limiter(acc) -> AccountLimits:
+    """acc's buckets; its own are rebuilt when its values change (per-model ones keep
+    their level: editing an account never resets the owner's MODEL_LIMITS buckets)."""
+    values = _values(acc)
+    al = acc.limiter
+    if al is None:
+        al = acc.limiter = AccountLimits(values)
+    elif al.values != values:
+        al.values, al.own = values, Limits(values) if any(values) else None
+    return al
+
+
+def _model_scope(al: AccountLimits, source: str, table: dict, model: str) -> Limits | None:
+    found = match(table, model)
+    if found is None:
+        return None
+    pattern, values = found
+    ml = al.models.get((source, pattern))
+    if ml is None or ml.values != values:
+        ml = al.models[(source, pattern)] = Limits(values)
+    return ml
 
 
 def scopes(acc, owner_limits: dict, model: str) -> list[Limits]:
-    """The Limits that apply to this request: the account's, then its model's."""
-    values = _values(acc)
-    al = acc.limiter
-    if al is None or (al.own.values if al.own else (0,) * 6) != values:
-        al = acc.limiter = AccountLimits(values)
-    out = [al.own] if al.own else []
-    if not model or not (acc.model_limits or owner_limits):
-        return out
-    mv = _model_values(acc.model_limits, model) if acc.model_limits else None
-    if mv is None and owner_limits:
-        mv = _model_values(owner_limits, model)
-    if mv is None or not any(mv):
-        return out
-    ml = al.models.get(model)
-    if ml is None or ml.values != mv:
-        ml = al.models[model] = Limits(mv)
-    out.append(ml)
+    """Every Limits this request counts against, from root down to the account."""
+    out: list[Limits] = []
+    below_owner = False
+    for a in acc.chain:
+        al = _limiter(a)
+        if al.own:
+            out.append(al.own)
+        tables = [("account", a.model_limits)] if a.model_limits else []
+        if owner_limits and (below_owner or a is acc):
+            tables.append(("owner", owner_limits))
+        if model:
+            out += [s for s in (_model_scope(al, *t, model) for t in tables) if s]
+        below_owner = below_owner or a is acc.owner_acc
     return out
 
 

@@ -225,18 +225,17 @@ async def test_whitelist_edits(api):
     assert tuple(row) == ("192.168.1.0/24 10.0.0.5", "/v1/chat/completions")
 
 
-async def test_model_limits_merge_and_reset_limiter(api):
+async def test_model_limits_merge(api):
     uid, _ = await new_user(api, "ml-user")
     acc = api.gw.state.accounts[uid]
     r = await api.put(f"/x-users/{uid}", {"ModelLimits": {"gpt-4": {"rpm": 30, "tpm": 90000}}})
     assert r.status == 200
-    acc.limiter = object()
     r = await api.put(f"/x-users/{uid}", {"ModelLimits": '{"o1": {"rpm": 5}}', "RPH": 10})
     assert r.body["User"]["Updates"]["ModelLimits"] == {
         "gpt-4": {"rpm": 30, "tpm": 90000},
         "o1": {"rpm": 5},
     }
-    assert acc.limiter is None and acc.rph == 10
+    assert acc.rph == 10  # the data plane rebuilds the buckets from the new values
     r = await api.put(f"/x-users/{uid}", {"ModelLimits": "*"})
     assert acc.model_limits == {}
 
@@ -398,3 +397,25 @@ async def test_filters_in_query_and_path(api):
     assert r.body == []
     r = await api.get("/x-dna/L2", key=akey)
     assert [u["ID"] for u in r.body] == [a1, a2]
+
+
+async def test_child_limits_never_exceed_the_parents(api):
+    pid, pkey = await new_user(api, "capped-parent", 300, ChildLimit=3, HardLimit=50)
+    body = {"Name": "capped-kid", "Email": "capped-kid@example.com", "CreditGranted": 20}
+    for extra in ({"ChildLimit": 4}, {"HardLimit": 50.01}, {"Rates": 2, "HardLimit": 100.01}):
+        r = await api.post("/x-users", {**body, **extra}, key=pkey)
+        assert (r.status, r.error_code) == (400, "invalid_request"), extra
+    r = await api.post("/x-users", body, key=pkey)  # defaults are capped, not refused
+    kid = r.body["User"]["ID"]
+    view = (await api.get(f"/x-users/{kid}", key=pkey)).body
+    assert (view["ChildLimit"], view["HardLimit"], view["SoftLimit"]) == (3, 50, 40)
+    r = await api.put(f"/x-users/{kid}", {"ChildLimit": 5}, key=pkey)
+    assert r.status == 400
+    r = await api.put(f"/x-users/{kid}", {"HardLimit": 60}, key=pkey)
+    assert r.status == 400
+    assert (
+        await api.put(f"/x-users/{kid}", {"HardLimit": 0, "ChildLimit": 2}, key=pkey)
+    ).status == 200
+    r = await api.put(f"/x-users/{kid}", {"CreditGranted": 10}, key=pkey)
+    assert r.status == 200
+    assert (await api.get(f"/x-users/{kid}", key=pkey)).body["HardLimit"] == 0
