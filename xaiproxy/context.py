@@ -18,7 +18,7 @@ class RequestContext:
     request: web.Request
     request_id: str
     started: float  # perf_counter at arrival
-    path: str
+    path: str  # normalised and decoded: what every check sees
     anthropic: bool = False  # protocol of the request (/v1/messages)
     account: Account | None = None
     config: OwnerConfig | None = None
@@ -51,3 +51,4 @@ class RequestContext:
     prompt_estimate: int = 0  # tokens, from the body size; used when no usage arrives
     limits: list | None = None  # limits.Limits scopes that admitted the request
     billed: bool = False
+    target: str = ""  # the normalised path and filtered query sent upstream; "" = refused

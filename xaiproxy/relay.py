@@ -21,8 +21,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import errors, ledger, limits, pricing, providers, sse
-from .admission import Admission, current_month, release
+from . import errors, ledger, limits, paths, pricing, providers, sse
+from .admission import Admission, client_key, current_month, release
 from .context import RequestContext
 from .errors import ApiError
 from .plugins import REQUEST_CTX
@@ -45,7 +45,8 @@ class Relay:
 
     # -- the handler -----------------------------------------------------------
     def new_context(self, request: web.Request) -> RequestContext:
-        path = request.path
+        normal = paths.normalise(request.raw_path)
+        path = normal[0] if normal else request.path
         protocol = providers.for_path(path)
         ctx = RequestContext(
             request,
@@ -57,6 +58,8 @@ class Relay:
             protocol=protocol,
         )
         request[REQUEST_CTX] = ctx
+        if normal:
+            ctx.target = normal[1]
         return ctx
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -71,7 +74,12 @@ class Relay:
             return self._finish(ctx, self._error(ctx, exc))
         self.inflight += 1
         try:
+            if not ctx.target:
+                raise paths.invalid_path()
             await self.admission.admit(ctx)
+            query = paths.upstream_query(request.raw_path.partition("?")[2], client_key(request))
+            if query:
+                ctx.target += "?" + query
             for hook in self.hooks.before_upstream:
                 await hook(ctx)
             return await self.forward(ctx)
@@ -132,7 +140,7 @@ class Relay:
             async with asyncio.timeout(self.settings.upstream_headers_timeout):
                 resp = await self.gw.session.request(
                     request.method,
-                    self.router.url(key, request.raw_path),
+                    self.router.url(key, ctx.target),
                     data=ctx.body or None,
                     headers=self._headers(ctx, key),
                     allow_redirects=False,
