@@ -90,7 +90,7 @@ async def check_provider(gw, caller, url: str) -> str:
         )
     if not ssrf.restricted(caller.is_root, gw.settings):
         return url.strip().rstrip("/")
-    private = await ssrf.resolves_private(parts.hostname)
+    private = await ssrf.resolves_private(parts.hostname, gw.resolver)
     if private is None:
         raise ApiError(
             400, "invalid_provider", f"cannot resolve the provider host {parts.hostname!r}"

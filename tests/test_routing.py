@@ -177,9 +177,9 @@ async def test_private_provider_refused_for_tenant_keys_at_connect(make_gateway,
     tenant_key = ProviderKey(id=99, owner_id=2, provider=upstream.url, secret="s" * 24)
     assert router.guarded(tenant_key)
     with pytest.raises(Refused):
-        await router.guard(tenant_key)
+        router.guard(tenant_key)
     root_key = ProviderKey(id=98, owner_id=1, provider=upstream.url, secret="s" * 24)
-    await router.guard(root_key)  # root may
+    router.guard(root_key)  # root may
 
 
 def test_provider_url_with_v1_is_not_doubled():

@@ -8,7 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from . import accesslog, boot, console, errors, metrics, openapi, plugins, pricing, relay
+from . import accesslog, boot, console, errors, metrics, openapi, plugins, pricing, relay, ssrf
 from .errors import ApiError
 from .plugins import Gateway
 from .state import State
@@ -63,23 +63,31 @@ def _lifecycle(gw: Gateway):
     async def ctx(app: web.Application):
         await gw.store.open()
         gw.new_root_key = await boot.load(gw)
-        gw.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=gw.settings.upstream_connect_timeout
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies are never kept
-        )
+        gw.session = _upstream_session(gw.settings, gw.resolver)
+        # Its own pool too: a connection made for an unrestricted key is never reused here.
+        gw.checked_session = _upstream_session(gw.settings, ssrf.CheckedResolver(gw.resolver))
         for fn in gw.startup:
             await fn()
         yield
         for fn in gw.shutdown:
             await fn()
         await gw.session.close()
+        await gw.checked_session.close()
         await gw.store.close()
 
     return ctx
+
+
+def _upstream_session(settings, resolver) -> aiohttp.ClientSession:
+    """A pooled keep-alive client; the connector resolves through `resolver` once per DNS TTL."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=300, enable_cleanup_closed=True, resolver=resolver
+        ),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # upstream cookies are never kept
+    )
 
 
 async def _drain(app: web.Application) -> None:

@@ -138,6 +138,8 @@ class Gateway:
         self.plugins: list[str] = []
         self.app: web.Application | None = None
         self.session = None  # the one upstream aiohttp.ClientSession, set at start
+        self.checked_session = None  # the same for keys under the SSRF rule (ssrf.py)
+        self.resolver = None  # DNS under both sessions (None: the system's); tests inject one
         self.box = credentials.SecretBox(settings.secret_key)  # provider keys at rest
         self.draining = False
         self.streams_open = 0  # data-plane responses being relayed right now (relay.py)

@@ -136,9 +136,9 @@ class Relay:
         """One upstream request until its headers: (response, status) or (None, failure)."""
         request = ctx.request
         try:
-            await self.router.guard(key)
+            self.router.guard(key)
             async with asyncio.timeout(self.settings.upstream_headers_timeout):
-                resp = await self.gw.session.request(
+                resp = await self.router.session(key).request(
                     request.method,
                     self.router.url(key, ctx.target),
                     data=ctx.body or None,
@@ -149,11 +149,10 @@ class Relay:
             return None, "timeout"
         except Refused:
             return None, "refused"
+        except aiohttp.ClientConnectorError as exc:
+            return None, "refused" if isinstance(exc.os_error, Refused) else "connect_error"
         except (aiohttp.ClientError, OSError):
             return None, "connect_error"
-        if not self.router.peer_ok(key, resp):
-            resp.close()
-            return None, "refused"
         return resp, resp.status
 
     def _headers(self, ctx: RequestContext, key) -> CIMultiDict:

@@ -13,13 +13,8 @@ from collections.abc import Iterator
 from yarl import URL
 
 from . import ssrf
+from .ssrf import Refused  # noqa: F401 (re-exported: what an SSRF refusal raises)
 from .state import ProviderKey
-
-HOST_TTL = 300.0  # seconds an SSRF verdict per host is trusted (the connector's DNS TTL)
-
-
-class Refused(Exception):
-    """A provider host resolved to a private address for a key that may not use one."""
 
 
 class Router:
@@ -29,7 +24,6 @@ class Router:
         self._pools: dict[tuple[int, int], list[ProviderKey]] = {}
         self._turns: dict[tuple[int, int], int] = {}
         self._bases: dict[int, str] = {}
-        self._hosts: dict[str, tuple[bool, float]] = {}
 
     # -- candidates ---------------------------------------------------------
     def _pool(self, owner_id: int, level: int) -> list[ProviderKey]:
@@ -106,26 +100,12 @@ class Router:
     def guarded(self, key: ProviderKey) -> bool:
         return ssrf.restricted(key.owner_id == self.gw.state.root.id, self.gw.settings)
 
-    async def guard(self, key: ProviderKey) -> None:
-        """SSRF: refuse (Refused) a provider host that resolves to a private address."""
-        if not self.guarded(key):
-            return
-        host = URL(self.base(key)).host or ""
-        verdict = self._hosts.get(host)
-        if verdict is None or verdict[1] < time.time():
-            # A host that does not resolve is let through: the connect fails and counts as such.
-            verdict = (bool(await ssrf.resolves_private(host)), time.time() + HOST_TTL)
-            self._hosts[host] = verdict
-        if verdict[0]:
-            raise Refused(host)
+    def session(self, key: ProviderKey):
+        """The upstream session for this key: the SSRF-checked one unless the rule is off for it."""
+        return self.gw.checked_session if self.guarded(key) else self.gw.session
 
-    def peer_ok(self, key: ProviderKey, resp) -> bool:
-        """Re-check the address actually connected to (DNS may have changed since the guard)."""
-        if not self.guarded(key) or resp.connection is None:
-            return True
-        peer = (
-            resp.connection.transport.get_extra_info("peername")
-            if resp.connection.transport
-            else None
-        )
-        return not peer or not ssrf.is_private(peer[0])
+    def guard(self, key: ProviderKey) -> None:
+        """Literal addresses skip the connector's resolver, so they are checked here."""
+        host = URL(self.base(key)).raw_host or ""
+        if self.guarded(key) and ssrf.is_literal(host) and ssrf.is_private(host):
+            raise Refused(host)
