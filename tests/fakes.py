@@ -8,6 +8,9 @@ request, in order), or a client sends `x-fake-fault: reset:2`. Kinds: an HTTP st
 ("500", "429", "429:<retry-after>", "401", "400"), "reset:<n>" (cut the connection
 after n chunks), "hang" (no headers for a long time), "stall:<n>" (stop after n
 chunks), "malformed" (broken SSE framing), "nousage" (answer without usage).
+`fake.revoked = True` answers 401 to everything (GET /v1/models, the gateway's key
+probe, included); a request carrying an `OpenAI-Organization` other than
+`fake.organization` is answered 401, as OpenAI does. `fake.probes` counts the probes.
 Other controls: `x-fake-chunks` (content chunks, default 3), `x-fake-delay` (seconds
 between chunks), `x-fake-cached` / `x-fake-cache-write` (cached prompt tokens),
 `x-fake-usage` (a JSON object merged into the usage: huge, negative or odd counts).
@@ -54,6 +57,9 @@ class FakeUpstream:
         self.seen: list[Seen] = []
         self.faults: deque[str] = deque()
         self.cancelled = 0  # requests whose connection the gateway dropped mid-answer
+        self.revoked = False  # the key is dead: 401 to everything
+        self.organization: str | None = None  # the only OpenAI-Organization accepted
+        self.probes = 0  # GET /v1/models calls (the gateway's key probes)
         self.finished = 0  # streams sent to their end
         self.server = None
         self._ids = itertools.count(1)
@@ -69,6 +75,7 @@ class FakeUpstream:
         r.add_post("/v1/audio/speech", self.speech)
         r.add_post("/v1/messages", self.messages)
         r.add_get("/v1/files", self.files)
+        r.add_get("/v1/models", self.models)
 
     @property
     def url(self) -> str:
@@ -89,6 +96,9 @@ class FakeUpstream:
             seen.json = orjson.loads(body)
         self.seen.append(seen)
         text = request.headers.get("x-fake-fault") or (self.faults.popleft() if self.faults else "")
+        org = request.headers.get("OpenAI-Organization")
+        if self.revoked or (org is not None and org != self.organization):
+            text = "401"
         return seen, Fault(text) if text else None
 
     async def _status_fault(self, fault: Fault | None, anthropic: bool) -> web.Response | None:
@@ -278,6 +288,14 @@ class FakeUpstream:
     async def speech(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
         return web.Response(body=b"ID3" + bytes(2000), content_type="audio/mpeg")
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        """Answers the key probe; never takes a scripted fault (those are for requests)."""
+        self.probes += 1
+        self.seen.append(Seen(request.method, request.path_qs, dict(request.headers), b""))
+        if self.revoked:
+            return web.json_response({"error": {"message": "bad key", "code": "x"}}, status=401)
+        return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini"}]})
 
     async def files(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)

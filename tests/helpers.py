@@ -89,6 +89,7 @@ async def start_gateway(aiohttp_server, db_path, **overrides) -> Api:
     overrides.setdefault("allow_private_providers", True)
     overrides.setdefault("access_log", "")
     overrides.setdefault("flush_interval", 0.02)
+    overrides.setdefault("forward_headers", ("x-fake-*",))  # the fake upstream's controls
     settings = settings_mod.load(env={}, db=str(db_path), **overrides)
     server = await aiohttp_server(create_app(settings), host="127.0.0.1")
     session = aiohttp.ClientSession()

@@ -65,3 +65,45 @@ async def test_the_normalised_path_is_checked_and_forwarded(make_gateway, upstre
     status, body = await raw(api, request("GET", "/v1/%66iles", key))
     assert (status, body["error"]["code"]) == (403, "resource_not_allowed")
     assert len(upstream.seen) == 2
+
+
+async def test_client_headers_go_upstream_from_the_allowlist_only(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    _, key = await add_user(api)
+    sent = {
+        "Connection": "keep-alive, x-stainless-hop, Anthropic-Beta",
+        "Keep-Alive": "timeout=5",
+        "X-Stainless-Hop": "named in Connection",
+        "Anthropic-Beta": "named in Connection",
+        "Cookie": "session=abc",
+        "X-Forwarded-For": "10.0.0.1",
+        "Forwarded": "for=10.0.0.1",
+        "X-Real-IP": "10.0.0.1",
+        "OpenAI-Organization": "org-x",
+        "OpenAI-Project": "proj-x",
+        "Proxy-Authorization": "Basic eA==",
+        "X-Internal-Token": "not for the provider",
+        "User-Agent": "OpenAI/Python 1.0",
+        "X-Stainless-Lang": "python",
+        "OpenAI-Beta": "assistants=v2",
+    }
+    r = await api.post(CHAT, chat(), key=key, headers=sent)
+    assert r.status == 200, r.body
+    seen = {k.lower(): v for k, v in upstream.last.headers.items()}
+    for name in (
+        "keep-alive",
+        "x-stainless-hop",
+        "anthropic-beta",
+        "cookie",
+        "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
+        "openai-organization",
+        "openai-project",
+        "proxy-authorization",
+        "x-internal-token",
+    ):
+        assert name not in seen, name
+    assert seen["user-agent"] == "OpenAI/Python 1.0"
+    assert seen["x-stainless-lang"] == "python" and seen["openai-beta"] == "assistants=v2"
+    assert key not in str(upstream.last.headers)

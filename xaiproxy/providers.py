@@ -28,13 +28,35 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
-# Never sent upstream: the client's credentials, and what aiohttp computes itself.
-DROP_REQUEST = HOP_BY_HOP | {
+# Client headers that may go upstream (SPEC 5); any other stays here: credentials,
+# cookies, forwarding headers, OpenAI-Organization/-Project (the key's Config sets those).
+FORWARD_REQUEST = frozenset(
+    (
+        "content-type",
+        "accept",
+        "accept-language",
+        "user-agent",
+        "anthropic-version",
+        "anthropic-beta",
+        "openai-beta",
+    )
+)
+FORWARD_REQUEST_PREFIXES = ("x-stainless-",)
+# Never forwarded, whatever the operator's `forward_headers` say.
+NEVER_FORWARD = HOP_BY_HOP | {
     "host",
     "content-length",
     "authorization",
     "x-api-key",
     "accept-encoding",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "openai-organization",
+    "openai-project",
 }
 # Never sent back: the provider's own ids, limits and cookies describe our key, not the client.
 DROP_RESPONSE = HOP_BY_HOP | {
@@ -141,6 +163,15 @@ ANTHROPIC = Protocol(
     anthropic_errors=True,
 )
 AUTH_STYLES = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-key", "")}
+
+
+def forwarding(extra: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(names, prefixes) of client headers to forward: the allowlist plus the operator's
+    `forward_headers` (names; a trailing `*` makes a prefix)."""
+    extra = tuple(h.strip().lower() for h in extra if h.strip())
+    names = FORWARD_REQUEST | {h for h in extra if not h.endswith("*")}
+    prefixes = FORWARD_REQUEST_PREFIXES + tuple(h[:-1] for h in extra if h.endswith("*"))
+    return frozenset(names - NEVER_FORWARD), prefixes
 
 
 def for_path(path: str) -> Protocol:

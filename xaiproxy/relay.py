@@ -26,6 +26,7 @@ from .admission import Admission, client_key, current_month, release
 from .context import RequestContext
 from .errors import ApiError
 from .plugins import REQUEST_CTX
+from .probes import Prober
 from .routing import Refused, Router
 
 RETRY_STATUSES = frozenset((401, 403, 429))  # and every 5xx
@@ -38,6 +39,10 @@ class Relay:
         self.settings = gw.settings
         self.hooks = gw.hooks
         self.router = Router(gw)
+        self.prober = Prober(gw, self.router)
+        self.forward_names, self.forward_prefixes = providers.forwarding(
+            gw.settings.forward_headers
+        )
         self.admission = Admission(gw)
         self.inflight = 0
         self._prefix = "req_" + secrets.token_hex(4)
@@ -127,7 +132,7 @@ class Relay:
             if resp is None:
                 continue
             if resp.status in RETRY_STATUSES or resp.status >= 500:
-                last = await self._failed(key, resp)
+                last = await self._failed(ctx, key, resp)
                 continue
             return await self.relay(ctx, resp)
         return self._all_failed(ctx, last, owner_id)
@@ -156,9 +161,15 @@ class Relay:
         return resp, resp.status
 
     def _headers(self, ctx: RequestContext, key) -> CIMultiDict:
-        drop = providers.DROP_REQUEST
+        """Client headers from the allowlist (never one its Connection header names), then auth."""
+        client = ctx.request.headers
+        names, prefixes, never = self.forward_names, self.forward_prefixes, providers.NEVER_FORWARD
+        hop = {t.strip().lower() for t in client.get("Connection", "").split(",")}
         headers = CIMultiDict(
-            (k, v) for k, v in ctx.request.headers.items() if k.lower() not in drop
+            (k, v)
+            for k, v in client.items()
+            if ((low := k.lower()) in names or (low.startswith(prefixes) and low not in never))
+            and low not in hop
         )
         protocol = ctx.protocol
         version = (
@@ -172,8 +183,8 @@ class Relay:
         headers["Accept-Encoding"] = "identity"  # the scanner must read usage
         return headers
 
-    async def _failed(self, key, resp) -> tuple[int, str, bytes]:
-        """Read (bounded) and close a failed answer; rest the key on 429/401/403."""
+    async def _failed(self, ctx: RequestContext, key, resp) -> tuple[int, str, bytes]:
+        """Read (bounded) and close a failed answer; rest the key on 429, probe it on 401/403."""
         body = b""
         try:
             async with asyncio.timeout(self.settings.upstream_idle_timeout):
@@ -187,7 +198,7 @@ class Relay:
                 key, _retry_after(resp) or self.settings.key_sleep_429, "rate_limited"
             )
         elif resp.status in (401, 403):
-            self.router.sleep(key, self.settings.key_sleep_auth, "auth_failed")
+            self.prober.schedule(key, ctx.protocol)  # the key sleeps only if the probe fails
         return resp.status, resp.headers.get("Content-Type", "application/json"), body
 
     def _all_failed(self, ctx: RequestContext, last, owner_id: int) -> web.Response:

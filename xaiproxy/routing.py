@@ -84,6 +84,18 @@ class Router:
             ]
         )
 
+    def wake(self, key: ProviderKey) -> None:
+        """End a key's rest (a probe found it answering again)."""
+        key.sleep_until, key.sleep_reason = 0.0, ""
+        self.gw.store.submit(
+            [
+                (
+                    "UPDATE provider_keys SET sleep_until = 0, sleep_reason = '' WHERE id = ?",
+                    (key.id,),
+                )
+            ]
+        )
+
     # -- addresses ----------------------------------------------------------
     def base(self, key: ProviderKey) -> str:
         base = self._bases.get(key.id)

@@ -37,6 +37,8 @@ class Settings:
     max_attempts: int = 4
     key_sleep_429: float = 30.0
     key_sleep_auth: float = 600.0
+    key_probe_interval: float = 60.0
+    forward_headers: tuple[str, ...] = ()  # client headers forwarded beyond the allowlist
     trusted_proxies: tuple[str, ...] = ()
     call_floor: float = 1.0
     default_max_tokens: int = 4096
