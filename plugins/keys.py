@@ -6,6 +6,7 @@ import time
 from urllib.parse import urlsplit
 
 import orjson
+from yarl import URL
 
 from xaiproxy import credentials, ssrf
 from xaiproxy.errors import ApiError
@@ -79,7 +80,14 @@ def public(key: ProviderKey, now: float | None = None) -> dict:
 
 async def check_provider(gw, caller, url: str) -> str:
     """http(s) only; loopback/private targets only for root or with XAI_ALLOW_PRIVATE_PROVIDERS."""
-    parts = urlsplit(url.strip())
+    try:  # the data plane builds its URLs with yarl: what it cannot read is refused now
+        parts = urlsplit(url.strip())
+        parsed = URL(url.strip())
+        parsed.host, parsed.port  # noqa: B018 (reading them is the check)
+    except ValueError:
+        raise ApiError(
+            400, "invalid_provider", "Provider is not a valid URL (check the host name and port)"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(
             400, "invalid_provider", "Provider must be an http(s) URL like https://api.openai.com"

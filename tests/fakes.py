@@ -5,7 +5,8 @@ Fixtures: import them from here, or register `pytest_plugins = ["tests.fakes_fix
 
 Faults are scripted per request: `fake.fail("500", "429:2")` queues them (one per
 request, in order), or a client sends `x-fake-fault: reset:2`. Kinds: an HTTP status
-("500", "429", "429:<retry-after>", "401", "400"), "reset:<n>" (cut the connection
+("500", "429", "429:<retry-after>", "401", "400"), "leak:<status>" (an error
+quoting the key it was sent, whole and masked), "reset:<n>" (cut the connection
 after n chunks), "hang" (no headers for a long time), "stall:<n>" (stop after n
 chunks), "malformed" (broken SSE framing), "nousage" (answer without usage).
 `fake.revoked = True` answers 401 to everything (GET /v1/models, the gateway's key
@@ -106,6 +107,8 @@ class FakeUpstream:
             return None
         if fault.kind == "hang":
             await asyncio.sleep(HANG_SECONDS)
+        if fault.kind == "leak":
+            return self._leak(int(fault.arg))
         if not fault.kind.isdigit():
             return None
         status = int(fault.kind)
@@ -117,6 +120,13 @@ class FakeUpstream:
         }
         body = {"type": "error", "error": err} if anthropic else {"error": err}
         return web.json_response(body, status=status, headers=headers)
+
+    def _leak(self, status: int) -> web.Response:
+        """An error that quotes the key, as some providers do."""
+        headers = self.seen[-1].headers
+        key = headers.get("x-api-key") or headers.get("Authorization", "")[7:]
+        message = f"Incorrect API key provided: {key}; also known as {key[:8]}{'*' * 20}{key[-4:]}"
+        return web.json_response({"error": {"message": message, "code": "leak"}}, status=status)
 
     async def _stream(self, request: web.Request, events: list[bytes], fault: Fault | None):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -6,7 +6,9 @@ import asyncio
 
 import orjson
 
-from tests.fakes import add_user, chat, ready
+from tests.fakes import add_key, add_user, anthropic_body, chat, ready
+from xaiproxy import credentials
+from xaiproxy.state import ProviderKey
 
 pytest_plugins = ["tests.fakes_fixtures"]
 
@@ -107,3 +109,41 @@ async def test_client_headers_go_upstream_from_the_allowlist_only(make_gateway, 
     assert seen["user-agent"] == "OpenAI/Python 1.0"
     assert seen["x-stainless-lang"] == "python" and seen["openai-beta"] == "assistants=v2"
     assert key not in str(upstream.last.headers)
+
+
+async def test_upstream_errors_never_carry_the_provider_key(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    (key,) = api.gw.state.keys.values()
+    masked = credentials.mask(key.secret)
+    for fault in ("leak:400", "leak:401"):  # passed through / last of the failed attempts
+        r = await api.post(CHAT, chat(), headers={"x-fake-fault": fault})
+        assert r.status == int(fault[5:]) and "Incorrect API key provided" in r.raw.decode()
+        assert key.secret.encode() not in r.raw and masked.encode() not in r.raw
+        assert key.secret[-4:].encode() not in r.raw, r.raw  # the starred form too
+    r = await api.post("/v1/messages", anthropic_body(), headers={"x-fake-fault": "leak:403"})
+    assert r.status == 403 and key.secret.encode() not in r.raw
+
+
+async def test_a_client_key_in_the_query_is_not_forwarded(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    _, key = await add_user(api)
+    query = f"?key={key}&api_key=k2&foo=1&X-API-KEY=k3&other={key}&bar=a%20b"
+    r = await api.post(CHAT + query, chat(), key=key)
+    assert r.status == 200
+    assert upstream.last.path == CHAT + "?foo=1&bar=a%20b"
+
+
+async def test_a_provider_url_yarl_cannot_read(make_gateway, upstream):
+    api = await make_gateway()
+    for provider in ("http://host:99999", "http://xn--a.com", "http://[::1"):
+        r = await api.post(
+            "/x-keys", {"SecretKey": "sk-" + "x" * 30, "Level": 1, "Provider": provider}
+        )
+        assert (r.status, r.error_code) == (400, "invalid_provider"), provider
+    # One stored before this check existed: the request fails over, never a 500.
+    api.gw.state.put_key(ProviderKey(id=90, owner_id=1, provider="http://[::1", secret="s" * 24))
+    r = await api.post(CHAT, chat())
+    assert (r.status, r.error_code) == (502, "upstream_unavailable")
+    await add_key(api, upstream)
+    for _ in range(2):
+        assert (await api.post(CHAT, chat())).status == 200

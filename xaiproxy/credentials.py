@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 
 KEY_PREFIX = "sk-Xvs"
@@ -29,6 +30,17 @@ def mask(secret: str) -> str:
     if len(secret) <= 12:
         return secret[:2] + "***"
     return f"{secret[:6]}...{secret[-4:]}"
+
+
+def scrub(text: bytes, secret: str) -> bytes:
+    """`text` without the secret: whole, masked as we show it, or masked the way providers
+    quote a key in their errors (its first characters, stars, its last four)."""
+    if not secret or len(secret) < 8:
+        return text
+    raw = secret.encode()
+    text = text.replace(raw, b"[redacted]").replace(mask(secret).encode(), b"[redacted]")
+    starred = re.escape(raw[:3]) + rb"[\w\-]*\*[\w\-*.]*" + re.escape(raw[-4:])
+    return re.sub(starred, b"[redacted]", text)
 
 
 class SecretBox:

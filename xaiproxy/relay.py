@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import errors, ledger, limits, paths, pricing, providers, sse
+from . import credentials, errors, ledger, limits, paths, pricing, providers, sse
 from .admission import Admission, client_key, current_month, release
 from .context import RequestContext
 from .errors import ApiError
@@ -142,10 +142,14 @@ class Relay:
         request = ctx.request
         try:
             self.router.guard(key)
+            url = self.router.url(key, ctx.target)
+        except ValueError:  # a stored provider URL yarl cannot read: this key cannot serve
+            return None, "bad_provider"
+        try:
             async with asyncio.timeout(self.settings.upstream_headers_timeout):
                 resp = await self.router.session(key).request(
                     request.method,
-                    self.router.url(key, ctx.target),
+                    url,
                     data=ctx.body or None,
                     headers=self._headers(ctx, key),
                     allow_redirects=False,
@@ -185,6 +189,17 @@ class Relay:
 
     async def _failed(self, ctx: RequestContext, key, resp) -> tuple[int, str, bytes]:
         """Read (bounded) and close a failed answer; rest the key on 429, probe it on 401/403."""
+        body = await self._error_body(key, resp)
+        if resp.status == 429:
+            self.router.sleep(
+                key, _retry_after(resp) or self.settings.key_sleep_429, "rate_limited"
+            )
+        elif resp.status in (401, 403):
+            self.prober.schedule(key, ctx.protocol)  # the key sleeps only if the probe fails
+        return resp.status, resp.headers.get("Content-Type", "application/json"), body
+
+    async def _error_body(self, key, resp) -> bytes:
+        """An upstream error answer (bounded, then closed), scrubbed of the provider key."""
         body = b""
         try:
             async with asyncio.timeout(self.settings.upstream_idle_timeout):
@@ -193,13 +208,7 @@ class Relay:
             pass
         finally:
             resp.close()
-        if resp.status == 429:
-            self.router.sleep(
-                key, _retry_after(resp) or self.settings.key_sleep_429, "rate_limited"
-            )
-        elif resp.status in (401, 403):
-            self.prober.schedule(key, ctx.protocol)  # the key sleeps only if the probe fails
-        return resp.status, resp.headers.get("Content-Type", "application/json"), body
+        return credentials.scrub(body, key.secret)
 
     def _all_failed(self, ctx: RequestContext, last, owner_id: int) -> web.Response:
         if last is not None:
@@ -235,11 +244,14 @@ class Relay:
     async def relay(self, ctx: RequestContext, up: aiohttp.ClientResponse) -> web.StreamResponse:
         """Copy the upstream answer to the client as it arrives; bill it if it succeeded."""
         ctx.status = up.status
-        billable = up.status < 400
-        scanner = (
-            sse.scanner_for(up.headers.get("Content-Type", ""), ctx.protocol.usage, ctx.strip_usage)
-            if billable
-            else sse.NullScanner()
+        if up.status >= 400:  # an error answer, passed on whole once the key is scrubbed out
+            headers = self._response_headers(ctx, up, None)
+            headers.popall("Content-Length", None)
+            return web.Response(
+                status=up.status, body=await self._error_body(ctx.key, up), headers=headers
+            )
+        scanner = sse.scanner_for(
+            up.headers.get("Content-Type", ""), ctx.protocol.usage, ctx.strip_usage
         )
         out = web.StreamResponse(status=up.status, headers=self._response_headers(ctx, up, scanner))
         self.gw.streams_open += 1
@@ -253,8 +265,7 @@ class Relay:
             raise
         finally:
             self.gw.streams_open -= 1
-            if billable:
-                self.settle(ctx, scanner, complete)
+            self.settle(ctx, scanner, complete)
         return out
 
     def _response_headers(self, ctx: RequestContext, up, scanner) -> CIMultiDict:
