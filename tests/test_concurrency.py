@@ -12,7 +12,7 @@ N = 150
 
 
 async def test_concurrent_requests_on_one_account_add_up(make_gateway, upstream):
-    api = await ready(make_gateway, upstream)
+    api = await ready(make_gateway, upstream, account_max_inflight=N)  # all at once
     uid, key = await add_user(api, credit=20)
     acc = api.gw.state.accounts[uid]
     before = api.gw.ledger.balance_n(acc)

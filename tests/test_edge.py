@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import aiohttp
 import orjson
+import pytest
+from aiohttp import web
 
 from tests.fakes import add_key, add_user, anthropic_body, chat, ready
+from tests.helpers import ROOT_KEY
 from xaiproxy import credentials
+from xaiproxy import settings as settings_mod
+from xaiproxy.app import create_app
+from xaiproxy.server import GatewayRunner
 from xaiproxy.state import ProviderKey
 
 pytest_plugins = ["tests.fakes_fixtures"]
@@ -147,3 +155,114 @@ async def test_a_provider_url_yarl_cannot_read(make_gateway, upstream):
     await add_key(api, upstream)
     for _ in range(2):
         assert (await api.post(CHAT, chat())).status == 200
+
+
+# -- slow clients -------------------------------------------------------------------
+async def open_raw(port: int, head: bytes):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    return reader, writer
+
+
+def port_of(api) -> int:
+    return int(api.url.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+async def served(tmp_path, upstream):
+    """The gateway behind the real runner (`serve`'s), with short client deadlines."""
+    settings = settings_mod.load(
+        env={},
+        db=str(tmp_path / "served.db"),
+        root_key=ROOT_KEY,
+        client_header_timeout=0.5,
+        allow_private_providers=True,
+    )
+    runner = GatewayRunner(create_app(settings), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession() as session:
+        body = {"SecretKey": "sk-" + "u" * 30, "Level": 1, "Provider": upstream.url}
+        headers = {"Authorization": f"Bearer {ROOT_KEY}"}
+        async with session.post(f"http://127.0.0.1:{port}/x-keys", json=body, headers=headers) as r:
+            assert r.status == 201
+    yield port
+    await runner.cleanup()
+
+
+async def test_a_slowloris_head_gets_408_and_the_connection_closes(served):
+    started = time.monotonic()
+    reader, writer = await open_raw(served, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+    answer = asyncio.create_task(reader.read())
+    for c in b"X-Slow: " + b"a" * 40:  # one byte every 50 ms: 2 s in all
+        if answer.done():
+            break
+        writer.write(bytes([c]))
+        await asyncio.sleep(0.05)
+    got = await asyncio.wait_for(answer, 3)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 408 ")
+    assert orjson.loads(got.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started < 1.5
+
+
+async def test_an_idle_keep_alive_connection_is_not_a_slow_head(served):
+    payload = orjson.dumps(chat())
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    for _ in range(2):
+        writer.write(
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ROOT_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(0.8)  # idle longer than the header deadline
+    writer.close()
+
+
+async def test_a_slow_body_gets_408_and_holds_no_slot_after(make_gateway, upstream):
+    api = await ready(make_gateway, upstream, client_body_timeout=0.5)
+    _, key = await add_user(api)
+    started = time.monotonic()
+    reader, writer = await open_raw(port_of(api), request("POST", CHAT, key, b"x" * 100)[:-4])
+    writer.write(b"\r\n\r\n{")
+    got = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 408 "), got
+    assert orjson.loads(got.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started < 1.5
+    assert api.gw.relay.inflight == 0 and api.gw.relay.busy == {}
+    assert upstream.seen == []
+
+
+async def test_slots_are_taken_after_the_key_and_counted_per_account(make_gateway, upstream):
+    api = await ready(make_gateway, upstream, max_inflight=2, account_max_inflight=1)
+    _, slow_key = await add_user(api)
+    _, other_key = await add_user(api)
+    # A known key with a body that never finishes holds one slot, and only one.
+    _, held = await open_raw(port_of(api), request("POST", CHAT, slow_key, b"x" * 100) + b"{")
+    for _ in range(50):
+        if api.gw.relay.inflight:
+            break
+        await asyncio.sleep(0.02)
+    assert api.gw.relay.inflight == 1
+    r = await api.post(CHAT, chat(), key=slow_key)
+    assert (r.status, r.error_code) == (429, "too_many_concurrent_requests")
+    assert r.headers["Retry-After"] == "1"
+    # An unknown key is refused before it could take a slot (never 503 for it).
+    bad = asyncio.create_task(raw(api, request("POST", CHAT, "sk-nobody" + "x" * 40, b"{}"), b"{}"))
+    assert (await bad)[0] == 401
+    assert (await api.post(CHAT, chat(), key=other_key)).status == 200
+    held.close()
+    for _ in range(100):
+        if not api.gw.relay.inflight:
+            break
+        await asyncio.sleep(0.02)
+    assert api.gw.relay.busy == {}
+    assert (await api.post(CHAT, chat(), key=slow_key)).status == 200

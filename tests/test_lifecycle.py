@@ -117,7 +117,8 @@ async def test_kill_9_leaves_an_intact_database(tmp_path):
 
 async def test_sigterm_lets_an_inflight_stream_finish_and_bills_it(tmp_path, upstream):
     db = tmp_path / "drain.db"
-    proc, url = await start(db, {"XAI_ROOT_KEY": ROOT_KEY, "XAI_ALLOW_PRIVATE_PROVIDERS": "1"})
+    env = {"XAI_ROOT_KEY": ROOT_KEY, "XAI_ALLOW_PRIVATE_PROVIDERS": "1"}
+    proc, url = await start(db, {**env, "XAI_FORWARD_HEADERS": "x-fake-*"})
     auth = {"Authorization": f"Bearer {ROOT_KEY}"}
     async with aiohttp.ClientSession() as s:
         key = {"SecretKey": "sk-upstream-drain-abcdefghijkl", "Level": 1, "Provider": upstream.url}

@@ -8,6 +8,7 @@ and changes nothing (a reservation taken in step 8 is released by the caller's
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import re
@@ -46,12 +47,16 @@ class Admission:
             ipaddress.ip_network(p, strict=False) for p in gw.settings.trusted_proxies
         )
 
-    async def admit(self, ctx: RequestContext) -> None:
-        """Run every check; on return ctx holds account, model, body and reservation."""
+    def identify(self, ctx: RequestContext) -> None:
+        """Checks 1-4: before the request holds a data-plane slot or its body is read."""
         acc = ctx.account = self.account(ctx.request)
         ctx.config = self.gw.config(acc.owner_acc.id)
         self.check_ip(ctx)
         self.check_resources(ctx)
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Checks 5-9, after `identify`; on return ctx holds model, body and reservation."""
+        acc = ctx.account
         await self.read_body(ctx)
         self.map_model(ctx)
         self.check_models(acc, ctx.model)
@@ -123,9 +128,17 @@ class Admission:
         if request.content_length is not None and request.content_length > cap:
             raise _too_large(cap)
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.settings.client_body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise _too_large(cap) from None
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {self.settings.client_body_timeout:g}s;"
+                " the connection is closed",
+            ) from None
         ctx.body = body
         ctype = request.headers.get("Content-Type", "")
         if ctype[:19].lower() == "multipart/form-data":

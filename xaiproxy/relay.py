@@ -45,6 +45,7 @@ class Relay:
         )
         self.admission = Admission(gw)
         self.inflight = 0
+        self.busy: dict[int, int] = {}  # account id -> its requests in flight (0s dropped)
         self._prefix = "req_" + secrets.token_hex(4)
         self._seq = itertools.count(1)
 
@@ -69,18 +70,13 @@ class Relay:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ctx = self.new_context(request)
-        if self.inflight >= self.settings.max_inflight:
-            exc = ApiError(
-                503,
-                "overloaded",
-                "the gateway is at capacity; retry in a moment",
-                {"Retry-After": "1"},
-            )
-            return self._finish(ctx, self._error(ctx, exc))
-        self.inflight += 1
+        held = False
         try:
             if not ctx.target:
                 raise paths.invalid_path()
+            self.admission.identify(ctx)  # no slot, no body before the key is known
+            self._hold(ctx.account.id)
+            held = True
             await self.admission.admit(ctx)
             query = paths.upstream_query(request.raw_path.partition("?")[2], client_key(request))
             if query:
@@ -89,12 +85,18 @@ class Relay:
                 await hook(ctx)
             return await self.forward(ctx)
         except ApiError as exc:
-            return self._error(ctx, exc)
+            response = self._error(ctx, exc)
+            if exc.status == 408:  # send it and close: the rest of a late body is not awaited
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()
+            return response
         except asyncio.CancelledError:
             ctx.status, ctx.error = ctx.status or 499, ctx.error or "client_closed"
             raise
         finally:
-            self.inflight -= 1
+            if held:
+                self._unhold(ctx.account.id)
             release(ctx)
             if ctx.account is not None and ctx.account.deleted:
                 self._settle_deleted(ctx.account)
@@ -104,6 +106,32 @@ class Relay:
         """Deleted mid-request: the last request out settles the rest with the parent."""
         if ops := self.gw.ledger.settle_deleted(acc):
             self.gw.store.submit(ops)
+
+    def _hold(self, account_id: int) -> None:
+        """Take a data-plane slot and one of the account's (SPEC 5), or refuse fast."""
+        if self.inflight >= self.settings.max_inflight:
+            raise ApiError(
+                503,
+                "overloaded",
+                "the gateway is at capacity; retry in a moment",
+                {"Retry-After": "1"},
+            )
+        mine = self.busy.get(account_id, 0)
+        if mine >= self.settings.account_max_inflight:
+            raise ApiError(
+                429,
+                "too_many_concurrent_requests",
+                f"this key already has {mine} requests in flight; wait for one to finish",
+                {"Retry-After": "1"},
+            )
+        self.inflight += 1
+        self.busy[account_id] = mine + 1
+
+    def _unhold(self, account_id: int) -> None:
+        self.inflight -= 1
+        left = self.busy.pop(account_id) - 1
+        if left:
+            self.busy[account_id] = left
 
     def _finish(self, ctx: RequestContext, response):
         if self.hooks.on_request_end:

@@ -30,6 +30,9 @@ class Settings:
         "alerts",
     )
     max_inflight: int = 2048
+    account_max_inflight: int = 64
+    client_header_timeout: float = 30.0
+    client_body_timeout: float = 60.0
     max_body_bytes: int = 32 * 1024 * 1024
     upstream_connect_timeout: float = 10.0
     upstream_headers_timeout: float = 300.0
