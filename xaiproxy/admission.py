@@ -11,20 +11,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
-import re
 import time
 from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
 
-from . import credentials, ledger, limits, pricing, providers, whitelists
+from . import credentials, forms, ledger, limits, pricing, providers, whitelists
 from .context import RequestContext
 from .errors import ApiError
 from .state import Account
 
-_BOUNDARY_RE = re.compile(r'boundary="?([^";]+)"?', re.I)
-_FIELD_NAME_RE = re.compile(rb'[;\s]name="([^"]*)"', re.I)
 MULTIPART_PROMPT_ESTIMATE = 1000  # tokens; a file upload's size says nothing about its tokens
 _month = ["", 0.0]  # "YYYY-MM" and the time it stops being current
 
@@ -172,8 +169,7 @@ class Admission:
 
     def _form_model(self, ctx: RequestContext, ctype: str) -> str:
         ctx.prompt_estimate = MULTIPART_PROMPT_ESTIMATE
-        m = _BOUNDARY_RE.search(ctype)
-        field = form_field(ctx.body, m.group(1).encode("latin-1"), b"model") if m else None
+        field = forms.model_field(ctx.body, forms.boundary(ctype))
         if field is None:
             return ""
         ctx.payload = field  # (value, start, end) of the model in the original bytes
@@ -277,27 +273,6 @@ def client_key(request: web.Request) -> str:
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return request.headers.get("x-api-key", "").strip()
-
-
-def form_field(body: bytes, boundary: bytes, name: bytes) -> tuple[bytes, int, int] | None:
-    """A multipart field's value and its (start, end) in `body`, read without copying parts."""
-    delim = b"--" + boundary
-    pos = body.find(delim)
-    while pos >= 0:
-        head = pos + len(delim)
-        if body[head : head + 2] == b"--":
-            return None
-        head_end = body.find(b"\r\n\r\n", head)
-        if head_end < 0:
-            return None
-        end = body.find(b"\r\n" + delim, head_end)
-        if end < 0:
-            return None
-        m = _FIELD_NAME_RE.search(body, head, head_end)
-        if m and m.group(1) == name:
-            return body[head_end + 4 : end].strip(), head_end + 4, end
-        pos = end + 2
-    return None
 
 
 def _positive(value) -> int:
