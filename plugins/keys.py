@@ -8,22 +8,13 @@ from urllib.parse import urlsplit
 import orjson
 from yarl import URL
 
-from xaiproxy import credentials, ssrf
+from xaiproxy import credentials, ssrf, vendors
 from xaiproxy.errors import ApiError
 from xaiproxy.state import ProviderKey
 
 from ._paging import PAGING_QUERY, page
 from ._userfields import iso
 
-# Model families a provider serves, to extend LEVEL_MAPPER when a key is added.
-FAMILIES = {
-    "openai.com": ("gpt*", "o*", "text-embedding*", "dall-e*", "whisper*", "tts*"),
-    "anthropic.com": ("claude*",),
-    "googleapis.com": ("gemini*",),
-    "deepseek.com": ("deepseek*",),
-    "mistral.ai": ("mistral*", "codestral*"),
-    "x.ai": ("grok*",),
-}
 KEY_FIELDS = {
     "SecretKey": {
         "type": "string",
@@ -34,6 +25,7 @@ KEY_FIELDS = {
     "Name": {"type": "string", "maxLength": 100},
     "Level": {"type": "integer", "minimum": 0, "maximum": 99},
     "Provider": {"type": "string", "minLength": 8, "maxLength": 500},
+    "Type": {"type": "string", "maxLength": 40},  # vendors.TYPES, checked with a clear error
     "Status": {"type": "boolean"},
     "Config": {"type": "object"},
 }
@@ -67,6 +59,7 @@ def public(key: ProviderKey, now: float | None = None) -> dict:
         "Name": key.name,
         "Level": key.level,
         "Provider": key.provider,
+        "Type": key.type,
         "SecretKey": credentials.mask(key.secret),
         "Status": key.status,
         "Sleeping": key.sleep_until > now,
@@ -110,21 +103,14 @@ async def check_provider(gw, caller, url: str) -> str:
     return url.strip().rstrip("/")
 
 
-def _families(provider: str) -> tuple[str, ...]:
-    host = urlsplit(provider).hostname or ""
-    return next(
-        (pats for dom, pats in FAMILIES.items() if host == dom or host.endswith("." + dom)), ()
-    )
-
-
-def extend_level_mapper(cfg, provider: str, level: int) -> dict | None:
-    """LEVEL_MAPPER entries for the provider's families that no existing mapping covers yet."""
+def extend_level_mapper(cfg, key: ProviderKey) -> dict | None:
+    """LEVEL_MAPPER entries for the key's model families that no existing mapping covers yet."""
     current = dict(cfg.values.get("LEVEL_MAPPER") or {})
     added = {}
-    for pattern in _families(provider):
+    for pattern in vendors.families(key.type, key.provider):
         sample = pattern.rstrip("*") or pattern
         if not any(match(sample) for match, _p, _l in cfg.level_mapper) and pattern not in current:
-            added[pattern] = level
+            added[pattern] = key.level
     return {**current, **added} if added else None
 
 
@@ -145,6 +131,7 @@ def _row(key: ProviderKey, box) -> tuple:
         box.seal(key.secret),
         int(key.status),
         orjson.dumps(key.config).decode(),
+        key.type,
         key.sleep_until,
         key.sleep_reason,
         key.created_at,
@@ -154,7 +141,8 @@ def _row(key: ProviderKey, box) -> tuple:
 
 UPSERT = (
     "INSERT OR REPLACE INTO provider_keys (id, owner_id, name, level, provider, secret, status,"
-    " config, sleep_until, sleep_reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " config, type, sleep_until, sleep_reason, created_at, updated_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -165,6 +153,7 @@ async def gkey(call):
 async def add_key(call):
     gw, body, caller = call.gw, call.body, call.caller
     provider = await check_provider(gw, caller, body["Provider"])
+    key_type = vendors.check_type(body["Type"]) if "Type" in body else vendors.infer(provider)
     now = time.time()
     key = ProviderKey(
         id=gw.state.next_id("provider_keys"),
@@ -175,16 +164,17 @@ async def add_key(call):
         level=body["Level"],
         status=body.get("Status", True),
         config=body.get("Config", {}),
+        type=key_type,
         created_at=now,
         updated_at=now,
     )
     gw.state.put_key(key)
     ops = [
         (UPSERT, _row(key, gw.box)),
-        gw.oplog(caller, "add_key", key.id, f"level {key.level} {provider}"),
+        gw.oplog(caller, "add_key", key.id, f"level {key.level} {key.type} {provider}"),
     ]
     cfg = gw.config(caller.id)
-    mapper = extend_level_mapper(cfg, provider, key.level)
+    mapper = extend_level_mapper(cfg, key)
     if mapper is not None:
         await gw.save_config(caller.id, {**cfg.values, "LEVEL_MAPPER": mapper}, ops)
     else:
@@ -201,6 +191,7 @@ async def update_key(call):
     provider = (
         await check_provider(gw, call.caller, body["Provider"]) if "Provider" in body else None
     )
+    key_type = vendors.check_type(body["Type"]) if "Type" in body else None
     fields = {
         "Name": "name",
         "Level": "level",
@@ -213,6 +204,9 @@ async def update_key(call):
             setattr(key, attr, body[field])
     if provider:
         key.provider = provider
+        key.type = key_type or vendors.infer(provider)  # a new host implies its vendor
+    elif key_type:
+        key.type = key_type
     if body.get("Status") is True:
         key.sleep_until, key.sleep_reason = 0.0, ""  # re-enabling wakes a sleeping key
     key.updated_at = time.time()

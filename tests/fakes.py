@@ -437,10 +437,19 @@ async def upstream(make_upstream) -> FakeUpstream:
 _names = itertools.count(1)
 
 
+BOTH_PROTOCOLS = {"protocols": ["openai", "anthropic"]}
+
+
 async def add_key(api, fake: FakeUpstream, level: int = 1, **extra) -> int:
-    """A provider key of the caller (root unless `key=`) pointing at the fake; returns its ID."""
+    """A provider key of the caller (root unless `key=`) pointing at the fake; returns its ID.
+
+    Without a `Type`, the key is openai-compatible (the fake's host) and says in its Config
+    that the fake answers both protocols natively, so nothing is translated.
+    """
     n = next(_names)
     caller = extra.pop("key", None)
+    if "Type" not in extra:
+        extra["Config"] = {**BOTH_PROTOCOLS, **extra.get("Config", {})}
     body = {
         "SecretKey": f"sk-upstream-{n:04d}-abcdefghijklmnop",
         "Level": level,

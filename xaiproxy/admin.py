@@ -21,7 +21,7 @@ from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 USER_COLUMNS = ["ID", "Name", "Email", "Level", "Status", "Balance", "Rates", "PartialKey"]
-KEY_COLUMNS = ["ID", "Name", "Level", "Provider", "SecretKey", "Status", "Sleeping"]
+KEY_COLUMNS = ["ID", "Name", "Level", "Type", "Provider", "SecretKey", "Status", "Sleeping"]
 
 
 class UsageError(Exception):

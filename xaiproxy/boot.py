@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from . import credentials
+from . import credentials, vendors
 from .ownerconf import OwnerConfig
 from .state import ACCOUNT_COLUMNS, KEY_COLUMNS, Account, Grant, ProviderKey
 
@@ -81,6 +81,7 @@ async def load(gw) -> str | None:
         values["secret"] = gw.box.open(values["secret"])
         values["status"] = bool(values["status"])
         values["config"] = orjson.loads(values["config"] or "{}")
+        values["type"] = values["type"] or vendors.infer(values["provider"])
         state.put_key(ProviderKey(**values))
     await _load_configs(gw)
     # Ids are never reused: deleted accounts and keys live on in usage and grants.

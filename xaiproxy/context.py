@@ -52,3 +52,5 @@ class RequestContext:
     limits: list | None = None  # limits.Limits scopes that admitted the request
     billed: bool = False
     target: str = ""  # the normalised path and filtered query sent upstream; "" = refused
+
+    plan: Any = None  # vendors.Plan of the current attempt; None when it went as it came

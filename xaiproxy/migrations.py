@@ -207,3 +207,10 @@ MIGRATIONS.append(
     DROP INDEX IF EXISTS usage_dna_ts;
     """
 )
+
+# 4: a provider key's vendor (SPEC 13); '' = inferred from its Provider host at load.
+MIGRATIONS.append(
+    """
+    ALTER TABLE provider_keys ADD COLUMN type TEXT NOT NULL DEFAULT '';
+    """
+)

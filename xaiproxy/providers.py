@@ -162,7 +162,11 @@ ANTHROPIC = Protocol(
     ),
     anthropic_errors=True,
 )
-AUTH_STYLES = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-key", "")}
+AUTH_STYLES = {
+    "bearer": ("Authorization", "Bearer "),
+    "x-api-key": ("x-api-key", ""),
+    "api-key": ("api-key", ""),  # Azure OpenAI
+}
 
 
 def forwarding(extra: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -179,11 +183,17 @@ def for_path(path: str) -> Protocol:
 
 
 def auth_headers(
-    protocol: Protocol, secret: str, config: dict, client_version: str | None, default_version: str
+    protocol: Protocol,
+    secret: str,
+    config: dict,
+    client_version: str | None,
+    default_version: str,
+    style: str = "",
 ) -> dict[str, str]:
-    """Upstream auth for one key: the protocol's style unless the key's Config names another."""
+    """Upstream auth for one key: the key's Config style, else the vendor's (`style`), else
+    the protocol's own."""
     header, prefix = AUTH_STYLES.get(
-        config.get("auth", ""), (protocol.auth_header, protocol.auth_prefix)
+        config.get("auth", "") or style, (protocol.auth_header, protocol.auth_prefix)
     )
     out = {header: prefix + secret}
     if protocol.version_header:

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import credentials, errors, ledger, limits, paths, pricing, providers, sse
+from . import credentials, errors, ledger, limits, paths, pricing, providers, sse, vendors
 from .admission import Admission, client_key, current_month, release
 from .context import RequestContext
 from .errors import ApiError
@@ -171,14 +171,15 @@ class Relay:
         try:
             self.router.guard(key)
             url = self.router.url(key, ctx.target)
+            plan = ctx.plan = vendors.plan(ctx, key, self.router.base(key))
         except ValueError:  # a stored provider URL yarl cannot read: this key cannot serve
             return None, "bad_provider"
         try:
             async with asyncio.timeout(self.settings.upstream_headers_timeout):
                 resp = await self.router.session(key).request(
                     request.method,
-                    url,
-                    data=ctx.body or None,
+                    plan.url if plan else url,
+                    data=plan.body if plan else ctx.body or None,
                     headers=self._headers(ctx, key),
                     allow_redirects=False,
                 )
@@ -203,13 +204,18 @@ class Relay:
             if ((low := k.lower()) in names or (low.startswith(prefixes) and low not in never))
             and low not in hop
         )
-        protocol = ctx.protocol
+        protocol, plan = ctx.protocol, ctx.plan
         version = (
             ctx.request.headers.get(protocol.version_header) if protocol.version_header else None
         )
         headers.update(
             providers.auth_headers(
-                protocol, key.secret, key.config, version, self.settings.anthropic_version
+                plan.upstream if plan else protocol,
+                key.secret,
+                key.config,
+                version,
+                self.settings.anthropic_version,
+                plan.auth if plan else "",
             )
         )
         headers["Accept-Encoding"] = "identity"  # the scanner must read usage

@@ -64,6 +64,7 @@ KEY_COLUMNS = [
     "secret",
     "status",
     "config",
+    "type",
     "sleep_until",
     "sleep_reason",
     "created_at",
@@ -173,6 +174,7 @@ class ProviderKey:
     level: int = 1
     status: bool = True
     config: dict = field(default_factory=dict)
+    type: str = "openai-compatible"  # the vendor (vendors.VENDORS)
     sleep_until: float = 0.0
     sleep_reason: str = ""
     created_at: float = 0.0
