@@ -161,6 +161,9 @@ class Relay:
                 continue
             if resp.status in RETRY_STATUSES or resp.status >= 500:
                 last = await self._failed(ctx, key, resp)
+                if ctx.plan is not None and ctx.plan.answer is not None:
+                    status, _ctype, body = last  # in the client's protocol's error shape
+                    last = (status, "application/json", ctx.plan.answer.error(status, body))
                 continue
             return await self.relay(ctx, resp)
         return self._all_failed(ctx, last, owner_id)
@@ -171,7 +174,9 @@ class Relay:
         try:
             self.router.guard(key)
             url = self.router.url(key, ctx.target)
-            plan = ctx.plan = vendors.plan(ctx, key, self.router.base(key))
+            plan = ctx.plan = vendors.plan(
+                ctx, key, self.router.base(key), self.settings.default_max_tokens
+            )
         except ValueError:  # a stored provider URL yarl cannot read: this key cannot serve
             return None, "bad_provider"
         try:
@@ -281,12 +286,15 @@ class Relay:
         if up.status >= 400:  # an error answer, passed on whole once the key is scrubbed out
             headers = self._response_headers(ctx, up, None)
             headers.popall("Content-Length", None)
-            return web.Response(
-                status=up.status, body=await self._error_body(ctx.key, up), headers=headers
-            )
-        scanner = sse.scanner_for(
-            up.headers.get("Content-Type", ""), ctx.protocol.usage, ctx.strip_usage
-        )
+            body = await self._error_body(ctx.key, up)
+            if ctx.plan is not None and ctx.plan.answer is not None:
+                body = ctx.plan.answer.error(up.status, body)  # in the client's protocol's shape
+            return web.Response(status=up.status, body=body, headers=headers)
+        if ctx.plan is not None and ctx.plan.answer is not None:
+            scanner = self._translated(ctx, up, True)
+        else:
+            ctype = up.headers.get("Content-Type", "")
+            scanner = sse.scanner_for(ctype, ctx.protocol.usage, ctx.strip_usage)
         out = web.StreamResponse(status=up.status, headers=self._response_headers(ctx, up, scanner))
         self.gw.streams_open += 1
         complete = False
@@ -302,6 +310,14 @@ class Relay:
             self.settle(ctx, scanner, complete)
         return out
 
+    @staticmethod
+    def _translated(ctx: RequestContext, up, billable: bool):
+        """The attempt went to a key of the other protocol: scan its bytes, translate them."""
+        ctype = up.headers.get("Content-Type", "")
+        usage = ctx.plan.upstream.usage
+        inner = sse.scanner_for(ctype, usage, False) if billable else sse.NullScanner()
+        return ctx.plan.answer.wrap(inner, ctype, up.status)
+
     def _response_headers(self, ctx: RequestContext, up, scanner) -> CIMultiDict:
         drop, prefixes = providers.DROP_RESPONSE, providers.DROP_RESPONSE_PREFIXES
         headers = CIMultiDict(
@@ -309,7 +325,7 @@ class Relay:
             for k, v in up.headers.items()
             if (low := k.lower()) not in drop and not low.startswith(prefixes)
         )
-        if ctx.strip_usage:
+        if ctx.strip_usage or ctx.plan is not None and ctx.plan.answer is not None:
             headers.popall("Content-Length", None)
         headers["x-request-id"] = ctx.request_id
         if ctx.limits:
@@ -349,7 +365,7 @@ class Relay:
     async def _broken(self, ctx, out, scanner, status: int, code: str, what: str) -> None:
         """After the first byte there is no retry: end the stream with an error event."""
         ctx.error = code
-        if isinstance(scanner, sse.StreamScanner):
+        if isinstance(getattr(scanner, "inner", scanner), sse.StreamScanner):
             event = ctx.protocol.error_event(
                 status, code, f"{what} mid-answer; the answer is incomplete"
             )
@@ -456,7 +472,8 @@ async def _write(ctx: RequestContext, out: web.StreamResponse, data: bytes) -> b
 
 def _tokens(ctx: RequestContext, scanner, complete: bool) -> None:
     """Usage from the answer; estimates (marked) where it is missing or the answer was cut."""
-    counts = providers.normalize_usage(ctx.protocol.usage, scanner.usage) if scanner.usage else None
+    protocol = ctx.plan.upstream if ctx.plan is not None else ctx.protocol
+    counts = providers.normalize_usage(protocol.usage, scanner.usage) if scanner.usage else None
     p, c, cached, write = counts or (0, 0, 0, 0)
     ctx.estimated = counts is None or not complete
     if ctx.estimated:

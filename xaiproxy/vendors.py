@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from . import azure, providers
+from . import azure, providers, translate
 from .errors import ApiError
 
 OPENAI_FAMILIES = ("gpt*", "o*", "chatgpt*", "text-embedding*", "dall-e*", "whisper*", "tts*")
@@ -67,6 +67,7 @@ VENDORS: dict[str, Vendor] = {
     )
 }
 TYPES = tuple(VENDORS)
+PROTOCOLS = {"openai": providers.OPENAI, "anthropic": providers.ANTHROPIC}
 DEFAULT_TYPE = "openai-compatible"
 # Model families of well-known OpenAI-compatible hosts (their own domains).
 COMPATIBLE_FAMILIES = {
@@ -144,14 +145,14 @@ class Plan:
     answer: object = None  # translate.Answer for the answer, or None
 
 
-def plan(ctx, key, base: str) -> Plan | None:
+def plan(ctx, key, base: str, default_max_tokens: int) -> Plan | None:
     """None when the request goes to `key` as it came (the fast path, nothing allocated)."""
     vendor = VENDORS[key.type]
     client = ctx.protocol.name
     if client == vendor.speaks and not vendor.own_urls:
         return None
     if client != vendor.speaks and client not in speaks(key):
-        return _translated(ctx, key, vendor, base)
+        return _translated(ctx, key, vendor, base, default_max_tokens)
     if not vendor.own_urls:
         return None
     url = upstream_url(vendor, key, base, ctx.target, ctx.upstream_model)
@@ -167,10 +168,9 @@ def upstream_url(vendor: Vendor, key, base: str, raw_path: str, model: str) -> U
     return URL(base + prefix + tail, encoded=True)
 
 
-def _translated(ctx, key, vendor: Vendor, base: str) -> Plan:
-    raise ApiError(
-        400,
-        "untranslatable_request",
-        f"{ctx.path[:100]} cannot be sent to a {vendor.type} key; route this model to a"
-        f" {ctx.protocol.name} key",
+def _translated(ctx, key, vendor: Vendor, base: str, default_max_tokens: int) -> Plan:
+    path, body, answer = translate.request_for(
+        ctx, vendor.speaks, vendor.max_tokens_field, default_max_tokens
     )
+    url = upstream_url(vendor, key, base, path, ctx.upstream_model)
+    return Plan(url, body, PROTOCOLS[vendor.speaks], vendor.auth, answer)
