@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.fakes import add_key, add_user
+from tests.fakes import add_key, add_user, set_config
 from tests.helpers import start_gateway
 from tests.vendor_fakes import AzureFake, GeminiFake
 from xaiproxy import vendors
@@ -170,3 +170,27 @@ async def test_plain_openai_key_url_is_unchanged(make_gateway, upstream):
     await add_key(api, upstream, Type="openai")
     r = await api.post("/v1/chat/completions", {"model": "gpt-4o", "messages": []})
     assert r.status == 200 and upstream.last.path == "/v1/chat/completions"
+
+
+async def test_models_lists_what_the_caller_reaches_across_vendors(make_gateway, make_vendor):
+    claude, azure = await make_vendor(), await make_vendor(AzureFake)
+    api = await make_gateway()
+    await add_key(api, claude, level=1, Type="anthropic")
+    deployments = {"gpt-4o": "prod", "my-finetune": "ft", "gpt-4.1*": "g41"}
+    await add_key(api, azure, level=2, Type="azure", Config={"deployments": deployments})
+    await add_key(api, claude, level=3, Type="gemini", Status=False)  # disabled: reaches nothing
+    await set_config(
+        api,
+        LEVEL_MAPPER={"gpt*": 2, "gemini*": 3},
+        SWITCH_OVER={"1": 2},
+        MODEL_MAPPER="fast=claude-haiku-4-5",
+    )
+    _, key = await add_user(api, AllowModels="fast, gpt-4o, my-*, gemini*")
+    async with openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=key, max_retries=0) as client:
+        listed = {m.id: m.owned_by async for m in client.models.list()}
+    assert listed["fast"] == "anthropic"  # an alias, by the model it maps to
+    assert listed["gpt-4o"] == "azure" and listed["my-finetune"] == "azure"  # via SWITCH_OVER
+    assert not any(m.startswith("gemini") for m in listed)  # its key is disabled
+    assert "gpt-4o-mini" not in listed  # not allowed for this caller
+    everything = {m["id"] for m in (await api.get("/v1/models")).body["data"]}
+    assert "gpt-4o-mini" in everything and "gpt-4.1*" not in everything

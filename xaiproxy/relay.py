@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import credentials, errors, ledger, limits, paths, pricing, providers, sse, vendors
+from . import catalog, credentials, errors, ledger, limits, paths, pricing, providers, sse, vendors
 from .admission import Admission, client_key, current_month, release
 from .context import RequestContext
 from .errors import ApiError
@@ -430,7 +430,7 @@ class Relay:
             ctx.config = self.gw.config(acc.owner_acc.id)
             self.admission.check_ip(ctx)
             self.admission.check_resources(ctx)
-            data = [_model_entry(m) for m in self._visible_models(ctx)]
+            data = catalog.entries(self.gw, ctx)
             ctx.status = 200
             return web.Response(
                 body=orjson.dumps({"object": "list", "data": data}),
@@ -441,21 +441,6 @@ class Relay:
             return self._error(ctx, exc)
         finally:
             self._finish(ctx, None)
-
-    @staticmethod
-    def _visible_models(ctx: RequestContext) -> list[str]:
-        cfg = ctx.config
-        names = set(cfg.prices.models())
-        names.update(p for _m, p, _t in cfg.model_mapper if not any(c in p for c in "*?["))
-        chain = ctx.account.chain
-        return sorted(
-            n for n in names if all(a.model_match is None or a.model_match(n) for a in chain)
-        )
-
-
-def _model_entry(name: str) -> dict:
-    owner = "anthropic" if name.startswith("claude") else "openai"
-    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 
 
 async def _write(ctx: RequestContext, out: web.StreamResponse, data: bytes) -> bool:
