@@ -226,3 +226,46 @@ def _anthropic_problem(body: dict) -> str:
 
 def _ev(name: str, data: dict) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+REALTIME_USAGE = {
+    "total_tokens": 30,
+    "input_tokens": 20,
+    "output_tokens": 10,
+    "input_token_details": {"cached_tokens": 5, "text_tokens": 20, "audio_tokens": 0},
+    "output_token_details": {"text_tokens": 10, "audio_tokens": 0},
+}
+
+
+class RealtimeFake(FakeUpstream):
+    """OpenAI's /v1/realtime WebSocket: session.created, then for each response.create a
+    response.created, one text delta and a response.done carrying REALTIME_USAGE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.app.router.add_get("/v1/realtime", self.realtime)
+        self.sessions = 0
+        self.closed = 0  # sessions that ended because the gateway closed its side
+
+    async def realtime(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(Seen(request.method, request.path_qs, dict(request.headers), b""))
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return web.json_response({"error": {"message": "no key"}}, status=401)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sessions += 1
+        await ws.send_json(
+            {"type": "session.created", "session": {"model": request.query["model"]}}
+        )
+        n = 0
+        async for msg in ws:
+            event = orjson.loads(msg.data)
+            if event.get("type") != "response.create":
+                continue
+            n += 1
+            await ws.send_json({"type": "response.created", "response": {"id": f"resp_{n}"}})
+            await ws.send_json({"type": "response.output_text.delta", "delta": "hi"})
+            done = {"id": f"resp_{n}", "status": "completed", "usage": REALTIME_USAGE}
+            await ws.send_json({"type": "response.done", "response": done})
+        self.closed += 1
+        return ws

@@ -63,8 +63,8 @@ class Admission:
             limits.admit(ctx.limits)
 
     # -- 1, 2 ---------------------------------------------------------------
-    def account(self, request: web.Request) -> Account:
-        key = client_key(request)
+    def account(self, request: web.Request, key: str | None = None) -> Account:
+        key = key or client_key(request)
         acc = self.gw.state.by_key.get(credentials.hash_key(key)) if key else None
         if acc is None:
             raise ApiError(

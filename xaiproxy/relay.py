@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import catalog, credentials, errors, ledger, limits, paths, pricing, providers, sse, vendors
+from . import catalog, credentials, errors, ledger, limits, paths, pricing, providers, realtime, sse, vendors
 from .admission import Admission, client_key, current_month, release
 from .context import RequestContext
 from .errors import ApiError
@@ -479,4 +479,5 @@ def setup(app: web.Application, gw) -> None:
     relay = Relay(gw)
     gw.relay = relay
     app.router.add_get("/v1/models", relay.models)
+    app.router.add_get("/v1/realtime", realtime.Realtime(gw, relay).handle)
     app.router.add_route("*", "/v1/{tail:.*}", relay.handle)
