@@ -76,6 +76,8 @@ class XaiproxyTarget(Target):
                 "Name": "mock",
                 "Level": 1,
                 "Provider": ctx.mock_url,
+                # the mock answers both protocols: /v1/messages goes to it untranslated
+                "Config": {"protocols": ["openai", "anthropic"]},
             }
             status, body = await call(s, "POST", self.url + "/x-keys", key)
             if status not in (200, 201):
