@@ -112,15 +112,15 @@ class Realtime:
             ctx.attempts += 1
             ctx.key, ctx.level = key, level
             try:
-                await router.guard(key)
+                router.guard(key)
                 async with asyncio.timeout(settings.upstream_headers_timeout):
-                    return await self.gw.session.ws_connect(
+                    return await router.session(key).ws_connect(
                         router.url(key, "/v1/realtime").with_query(model=ctx.upstream_model),
                         headers=self._headers(ctx, key),
                         autoping=True,
                         max_msg_size=0,
                     )
-            except (TimeoutError, Refused, aiohttp.ClientError, OSError) as exc:
+            except (TimeoutError, Refused, ValueError, aiohttp.ClientError, OSError) as exc:
                 ctx.attempt_log.append((key.id, level, getattr(exc, "status", "connect_error")))
         raise ApiError(
             502 if ctx.attempts else 503,

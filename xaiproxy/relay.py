@@ -21,7 +21,19 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import catalog, credentials, errors, ledger, limits, paths, pricing, providers, realtime, sse, vendors
+from . import (
+    catalog,
+    credentials,
+    errors,
+    ledger,
+    limits,
+    paths,
+    pricing,
+    providers,
+    realtime,
+    sse,
+    vendors,
+)
 from .admission import Admission, client_key, current_month, release
 from .context import RequestContext
 from .errors import ApiError
