@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint fmt clean install browser console-shots
+.PHONY: run test bench lint fmt clean install browser servers console-shots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,19 @@ browser:
 			"the console browser tests will be SKIPPED (apt-get install chromium chromium-driver)"; \
 	fi
 
-test: $(STAMP) browser
+# The PostgreSQL and Redis tests start real servers; install them where missing (root only).
+servers:
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql and redis-server (apt-get) for the store and hot-state tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends postgresql redis-server >/dev/null; \
+	else \
+		echo "NOTE: postgresql/redis-server are missing and this is not root:" \
+			"the PostgreSQL and Redis tests will be SKIPPED (apt-get install postgresql redis-server)"; \
+	fi
+
+test: $(STAMP) browser servers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
