@@ -1,0 +1,275 @@
+"""The Lua scripts that make each hot-state step one atomic Redis round trip.
+
+Layout shared by `admit` and `settle` (built by `redis.RedisState._keys`):
+  KEYS[1] loaded marker (its value is the generation), KEYS[2] the account's grants,
+  KEYS[3] its reserved total, KEYS[4] this request's settle record,
+  then two keys per account of the chain, root first (subtree held, subtree month spend),
+  then one hash per rate-limit scope.
+Grants hash: field "<expires_at>|<grant id>" -> remaining nano base units; the field
+"0|0" holds a debt run up with no grant at all. Rate-limit hash: `t` (last leak, Redis
+time) and `l1`..`l6`, the levels of the RPM RPH RPD TPM TPH TPD leaky buckets.
+
+Money is integer nano units. Lua numbers are doubles, so every change is applied with
+INCRBY/HINCRBY (exact int64 in Redis) by deltas the caller keeps below 2^53; reads of
+larger balances compare approximately, writes stay exact. Time is Redis's own (TIME),
+so instances with drifting clocks still share one clock for the buckets.
+"""
+
+LIB = r"""
+local PERIODS = {60, 3600, 86400, 60, 3600, 86400}
+
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function int(x) return string.format('%.0f', x) end
+
+local function num(key) return tonumber(redis.call('GET', key)) or 0 end
+
+-- The grants of one account, soonest expiry first.
+local function grants(key)
+  local raw = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #raw, 2 do
+    local f = raw[i]
+    local bar = string.find(f, '|', 1, true)
+    out[#out + 1] = {f = f, exp = tonumber(string.sub(f, 1, bar - 1)), rem = tonumber(raw[i + 1])}
+  end
+  table.sort(out, function(a, b)
+    if a.exp ~= b.exp then return a.exp < b.exp end
+    return a.f < b.f
+  end)
+  return out
+end
+
+-- Unexpired remainders; expiry ends what a grant holds, never what it owes.
+local function balance(gs, now)
+  local sum = 0
+  for _, g in ipairs(gs) do
+    if g.exp > now or g.rem < 0 then sum = sum + g.rem end
+  end
+  return sum
+end
+
+-- Take `amount` soonest-expiring first; a shortfall is debt on the last live grant (else
+-- the last grant, else "0|0"). Returns {field, take, field, take, ...}.
+local function draw(key, gs, amount, now)
+  local takes, left, last = {}, amount, nil
+  for _, g in ipairs(gs) do
+    if g.exp > now then
+      last = g
+      if left > 0 and g.rem > 0 then
+        local take = math.min(g.rem, left)
+        redis.call('HINCRBY', key, g.f, int(-take))
+        takes[#takes + 1] = g.f
+        takes[#takes + 1] = int(take)
+        left = left - take
+      end
+    end
+  end
+  if left > 0 then
+    local f = (last and last.f) or (gs[#gs] and gs[#gs].f) or '0|0'
+    redis.call('HINCRBY', key, f, int(-left))
+    takes[#takes + 1] = f
+    takes[#takes + 1] = int(left)
+  end
+  return takes
+end
+
+-- A scope's six bucket levels, leaked to `now` (aiolimiter's leaky bucket: a full limit
+-- as a burst, draining at limit / period).
+local function leak(key, lim, now)
+  local raw = redis.call('HMGET', key, 't', 'l1', 'l2', 'l3', 'l4', 'l5', 'l6')
+  local t = tonumber(raw[1]) or now
+  local lv = {}
+  for k = 1, 6 do
+    local l = 0
+    if lim[k] > 0 then
+      l = math.max((tonumber(raw[k + 1]) or 0) - (now - t) * lim[k] / PERIODS[k], 0)
+    end
+    lv[k] = l
+  end
+  return lv
+end
+
+-- Store the levels; the hash expires once every bucket would have drained.
+local function store(key, lv, lim, now)
+  local ttl = 0
+  for k = 1, 6 do
+    if lim[k] > 0 then ttl = math.max(ttl, lv[k] * PERIODS[k] / lim[k]) end
+  end
+  redis.call('HSET', key, 't', tostring(now), 'l1', tostring(lv[1]), 'l2', tostring(lv[2]),
+    'l3', tostring(lv[3]), 'l4', tostring(lv[4]), 'l5', tostring(lv[5]), 'l6', tostring(lv[6]))
+  redis.call('PEXPIRE', key, math.ceil(ttl * 1000) + 1000)
+end
+
+local function limits_at(base, j)
+  local lim = {}
+  for k = 1, 6 do lim[k] = tonumber(ARGV[base + 6 * (j - 1) + k]) end
+  return lim
+end
+
+-- x-ratelimit-* of the tightest request and token buckets: limit, remaining, ms to empty
+-- (-1 = no such bucket).
+local function headers(levels, limits)
+  local out = {-1, -1, -1, -1, -1, -1}
+  for j = 1, #levels do
+    for k = 1, 6 do
+      local lim = limits[j][k]
+      if lim > 0 then
+        local o = (k <= 3) and 0 or 3
+        local rem = math.max(math.floor(lim - levels[j][k]), 0)
+        if out[o + 1] < 0 or rem < out[o + 2] then
+          out[o + 1] = lim
+          out[o + 2] = rem
+          out[o + 3] = math.ceil(levels[j][k] * PERIODS[k] / lim * 1000)
+        end
+      end
+    end
+  end
+  return out
+end
+"""
+
+# ARGV: est, floor, unlimited, C (chain length), S (scopes), C HardLimits (nano base,
+# 0 = none), 6 limits per scope. Checks everything, then applies everything, or nothing:
+# {'ok', gen, '0', headers...} | {'insufficient_balance', gen, available}
+# | {'hard_limit_reached', gen, chain index} | {'rate_limit_exceeded', gen, wait s, headers...}
+# | {'not_loaded'}.
+ADMIT = (
+    LIB
+    + r"""
+local gen = redis.call('GET', KEYS[1])
+if not gen then return {'not_loaded'} end
+local now = now_s()
+local est, floor, unlimited = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local C, S = tonumber(ARGV[4]), tonumber(ARGV[5])
+if not unlimited then
+  local avail = balance(grants(KEYS[2]), now) - num(KEYS[3])
+  if avail - est < floor then return {'insufficient_balance', gen, int(avail)} end
+end
+for i = 1, C do
+  local limit = tonumber(ARGV[5 + i])
+  if limit > 0 then
+    local used = num(KEYS[3 + 2 * i]) + num(KEYS[4 + 2 * i])
+    if used >= limit or used + est > limit then return {'hard_limit_reached', gen, tostring(i)} end
+  end
+end
+local levels, limits, wait = {}, {}, 0
+for j = 1, S do
+  local lim = limits_at(5 + C, j)
+  local lv = leak(KEYS[4 + 2 * C + j], lim, now)
+  levels[j], limits[j] = lv, lim
+  for k = 1, 3 do
+    if lim[k] > 0 and lv[k] + 1 > lim[k] then
+      wait = math.max(wait, (lv[k] + 1 - lim[k]) * PERIODS[k] / lim[k])
+    end
+  end
+  for k = 4, 6 do
+    if lim[k] > 0 and lv[k] >= lim[k] then
+      wait = math.max(wait, (lv[k] - lim[k]) * PERIODS[k] / lim[k] + 0.001)
+    end
+  end
+end
+if wait > 0 then
+  local h = headers(levels, limits)
+  return {'rate_limit_exceeded', gen, tostring(wait), h[1], h[2], h[3], h[4], h[5], h[6]}
+end
+for j = 1, S do
+  for k = 1, 3 do
+    if limits[j][k] > 0 then levels[j][k] = levels[j][k] + 1 end
+  end
+  store(KEYS[4 + 2 * C + j], levels[j], limits[j], now)
+end
+if not unlimited then redis.call('INCRBY', KEYS[3], ARGV[1]) end
+for i = 1, C do redis.call('INCRBY', KEYS[3 + 2 * i], ARGV[1]) end
+local h = headers(levels, limits)
+return {'ok', gen, '0', h[1], h[2], h[3], h[4], h[5], h[6]}
+"""
+)
+
+# ARGV: gen at admission, est, cost, tokens, unlimited, C, S, late, month ttl s, 6 limits
+# per scope. Releases the hold (only if Redis still has the generation that took it),
+# debits the cost, counts it in every chain account's month, charges the token buckets.
+# `late` = a retry whose usage is already in the database: skipped after a rebuild.
+# Idempotent per request (KEYS[4]): a retry gets the first answer.
+# {'ok', field, take, ...} | {'skipped'} | {'not_loaded'}.
+SETTLE = (
+    LIB
+    + r"""
+local gen = redis.call('GET', KEYS[1])
+if not gen then return {'not_loaded'} end
+local done = redis.call('GET', KEYS[4])
+if done then return cjson.decode(done) end
+local now = now_s()
+local cost, tokens, unlimited = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+local C, S = tonumber(ARGV[6]), tonumber(ARGV[7])
+local same = gen == ARGV[1]
+local reply = {'skipped'}
+if same or ARGV[8] ~= '1' then
+  if same then
+    if not unlimited then redis.call('DECRBY', KEYS[3], ARGV[2]) end
+    for i = 1, C do redis.call('DECRBY', KEYS[3 + 2 * i], ARGV[2]) end
+  end
+  reply = {'ok'}
+  if cost > 0 then
+    if not unlimited then
+      for _, v in ipairs(draw(KEYS[2], grants(KEYS[2]), cost, now)) do reply[#reply + 1] = v end
+    end
+    for i = 1, C do
+      redis.call('INCRBY', KEYS[4 + 2 * i], ARGV[3])
+      redis.call('EXPIRE', KEYS[4 + 2 * i], ARGV[9])
+    end
+  end
+  if tokens > 0 then
+    for j = 1, S do
+      local lim = limits_at(9, j)
+      if lim[4] > 0 or lim[5] > 0 or lim[6] > 0 then
+        local key = KEYS[4 + 2 * C + j]
+        local lv = leak(key, lim, now)
+        for k = 4, 6 do
+          if lim[k] > 0 then lv[k] = lv[k] + tokens end
+        end
+        store(key, lv, lim, now)
+      end
+    end
+  end
+end
+redis.call('SET', KEYS[4], cjson.encode(reply), 'EX', 86400)
+return reply
+"""
+)
+
+# Management: take `amount` from an account, soonest expiry first, if its balance less
+# what its requests in flight reserved covers it (or always, with allow_debt).
+# KEYS: loaded marker, grants, reserved. ARGV: amount, allow_debt.
+# {'ok', field, take, ...} | {'insufficient_balance', available} | {'not_loaded'}.
+DRAW = (
+    LIB
+    + r"""
+if not redis.call('GET', KEYS[1]) then return {'not_loaded'} end
+local now = now_s()
+local amount = tonumber(ARGV[1])
+local gs = grants(KEYS[2])
+local avail = balance(gs, now) - num(KEYS[3])
+if ARGV[2] ~= '1' and avail < amount then return {'insufficient_balance', int(avail)} end
+local reply = {'ok'}
+for _, v in ipairs(draw(KEYS[2], gs, amount, now)) do reply[#reply + 1] = v end
+return reply
+"""
+)
+
+# KEYS: version counter. ARGV: channel, message. The event carries the version it made,
+# so a listener that sees a gap knows it missed one and reloads.
+PUBLISH = r"""
+local v = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], v .. ' ' .. ARGV[2])
+return v
+"""
+
+# KEYS: the lock. ARGV: its owner's token. Delete only one's own lock.
+UNLOCK = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -1,0 +1,360 @@
+"""The shared hot state in Redis (redis-py asyncio with the hiredis parser).
+
+A request is one `admit` round trip (balance and reservation, HardLimit of every account
+of its chain, every rate-limit scope) and one `settle` round trip (release the hold,
+debit the real cost, charge the token buckets); the scripts are in `lua.py`. Redis holds
+a copy: PostgreSQL stays the source of truth, and `ensure_loaded` rebuilds the money
+state from its snapshot when Redis is empty (no `loaded` marker). Each rebuild has a new
+generation; a hold taken under an older generation is not released again.
+
+Every Redis failure raises `StateUnavailable`. No command is retried automatically: a
+repeated `admit` would hold twice. `settle` is idempotent per request id, so its caller
+may retry it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from . import StateUnavailable, lua
+
+MAX_DELTA_N = 2**53 - 1  # Lua numbers are doubles: deltas stay exact below this
+MONTH_TTL = 40 * 86400  # a month's spend counter outlives its month, then expires
+FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
+
+
+@dataclass(slots=True)
+class Ask:
+    """What one request asks of the shared state."""
+
+    account_id: int
+    estimate_n: int  # nano base units held while it runs
+    floor_n: int  # the balance that must remain after the hold
+    chain: tuple[tuple[int, int], ...]  # (account id, HardLimit in nano base, 0 = none), root..self
+    scopes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (scope name, RPM..TPD), 0 = none
+    month: str = ""  # "YYYY-MM" of the HardLimit month
+    unlimited: bool = False  # root: no balance to hold
+
+
+@dataclass(slots=True)
+class Verdict:
+    code: str  # "ok", "insufficient_balance", "hard_limit_reached", "rate_limit_exceeded"
+    generation: str
+    available_n: int = 0  # insufficient_balance: balance less reservations
+    over: int = -1  # hard_limit_reached: the index in the chain
+    wait: float = 0.0  # rate_limit_exceeded: seconds until it would fit
+    limits: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # {"requests"|"tokens": (limit, remaining, ms until empty)} of the tightest buckets
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The money state rebuilt from the source of truth."""
+
+    grants: dict[int, list[tuple[int, int, float]]]  # account -> (grant id, remaining_n, expires)
+    month: str = ""
+    month_spend: dict[int, int] = field(default_factory=dict)  # account -> its subtree's spend
+
+
+def grant_field(grant_id: int, expires_at: float) -> str:
+    return f"{expires_at!r}|{grant_id}"
+
+
+def _takes(flat: list) -> list[tuple[int, int]]:
+    """[(grant id, nano taken)] from the scripts' flat field/take list; id 0 = no grant."""
+    return [
+        (int(_s(f).rsplit("|", 1)[1]), int(t)) for f, t in zip(flat[::2], flat[1::2], strict=True)
+    ]
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisState:
+    def __init__(
+        self, url: str, prefix: str = "xai:", timeout: float = 1.0, connections: int = 32
+    ) -> None:
+        self.prefix = prefix
+        self.generation = ""  # the last generation this instance saw
+        # A bounded pool that waits (up to `timeout`) for a free connection: a burst of
+        # requests queues for a moment instead of opening a connection each.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        self._admit = self.redis.register_script(lua.ADMIT)
+        self._settle = self.redis.register_script(lua.SETTLE)
+        self._draw = self.redis.register_script(lua.DRAW)
+        self._publish = self.redis.register_script(lua.PUBLISH)
+        self._unlock = self.redis.register_script(lua.UNLOCK)
+        self.marker = prefix + "loaded"
+        self.channel = prefix + "changes"
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _guard(self):
+        try:
+            yield
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StateUnavailable(f"redis: {type(exc).__name__}: {exc}") from None
+
+    # -- keys ------------------------------------------------------------------
+    def _acc(self, account_id: int, what: str) -> str:
+        return f"{self.prefix}a:{account_id}:{what}"
+
+    def _keys(self, ask: Ask, request_id: str = "") -> list[str]:
+        keys = [
+            self.marker,
+            self._acc(ask.account_id, "grants"),
+            self._acc(ask.account_id, "reserved"),
+            f"{self.prefix}settled:{request_id}",
+        ]
+        for acc_id, _ in ask.chain:
+            keys += [self._acc(acc_id, "held"), self._acc(acc_id, f"spent:{ask.month}")]
+        keys += [f"{self.prefix}rl:{name}" for name, _ in ask.scopes]
+        return keys
+
+    # -- the data plane ----------------------------------------------------------
+    async def admit(self, ask: Ask) -> Verdict:
+        """Check and hold in one round trip; nothing changes unless the verdict is ok."""
+        if not 0 <= ask.estimate_n <= MAX_DELTA_N:
+            raise ValueError(f"estimate {ask.estimate_n} out of range")
+        args: list = [ask.estimate_n, ask.floor_n, int(ask.unlimited), len(ask.chain)]
+        args.append(len(ask.scopes))
+        args += [limit for _, limit in ask.chain]
+        for _, values in ask.scopes:
+            args += values
+        async with self._guard():
+            reply = await self._admit(self._keys(ask), args)
+        code = _s(reply[0])
+        if code == "not_loaded":
+            raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
+        v = Verdict(code, self.generation)
+        v.generation = self.generation = _s(reply[1])
+        if code == "insufficient_balance":
+            v.available_n = int(reply[2])
+        elif code == "hard_limit_reached":
+            v.over = int(reply[2]) - 1
+        else:
+            v.wait = float(reply[2])
+            for kind, at in (("requests", 3), ("tokens", 6)):
+                if int(reply[at]) >= 0:
+                    v.limits[kind] = tuple(int(x) for x in reply[at : at + 3])
+        return v
+
+    async def settle(
+        self,
+        ask: Ask,
+        generation: str,
+        request_id: str,
+        cost_n: int,
+        tokens: int,
+        late: bool = False,
+    ) -> list[tuple[int, int]] | None:
+        """Release the hold, debit `cost_n`, charge `tokens`: the (grant id, taken) list
+        (grant id 0: debt with no grant), or None when skipped (`late` after a rebuild:
+        the database already has this usage and the rebuild counted it)."""
+        if not 0 <= cost_n <= MAX_DELTA_N:
+            raise ValueError(f"cost {cost_n} out of range")
+        args: list = [generation, ask.estimate_n, cost_n, max(tokens, 0), int(ask.unlimited)]
+        args += [len(ask.chain), len(ask.scopes), int(late), MONTH_TTL]
+        for _, values in ask.scopes:
+            args += values
+        async with self._guard():
+            reply = await self._settle(self._keys(ask, request_id), args)
+        code = _s(reply[0])
+        if code == "not_loaded":
+            raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
+        return None if code == "skipped" else _takes(reply[1:])
+
+    # -- money from management -----------------------------------------------------
+    async def draw(
+        self, account_id: int, amount_n: int, allow_debt: bool = False
+    ) -> list[tuple[int, int]] | None:
+        """Take from an account's grants, soonest expiry first; None if its balance less
+        its reservations cannot cover it (and debt is not allowed)."""
+        if not 0 < amount_n <= MAX_DELTA_N:
+            raise ValueError(f"amount {amount_n} out of range")
+        keys = [self.marker, self._acc(account_id, "grants"), self._acc(account_id, "reserved")]
+        async with self._guard():
+            reply = await self._draw(keys, [amount_n, int(allow_debt)])
+        code = _s(reply[0])
+        if code == "not_loaded":
+            raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
+        return None if code == "insufficient_balance" else _takes(reply[1:])
+
+    async def put_grant(
+        self, account_id: int, grant_id: int, remaining_n: int, expires_at: float
+    ) -> None:
+        async with self._guard():
+            await self.redis.hset(
+                self._acc(account_id, "grants"), grant_field(grant_id, expires_at), remaining_n
+            )
+
+    async def balance(self, account_id: int) -> tuple[int, int]:
+        """(balance, reserved) in nano base units, as Redis sees them now."""
+        async with self._guard():
+            t, raw, reserved = await (
+                self.redis.pipeline(transaction=False)
+                .time()
+                .hgetall(self._acc(account_id, "grants"))
+                .get(self._acc(account_id, "reserved"))
+                .execute()
+            )
+        now = t[0] + t[1] / 1e6
+        total = 0
+        for f, rem in raw.items():
+            rem, expires = int(rem), float(_s(f).split("|", 1)[0])
+            if expires > now or rem < 0:
+                total += rem
+        return total, int(reserved or 0)
+
+    async def month_spend(self, account_id: int, month: str) -> int:
+        async with self._guard():
+            return int(await self.redis.get(self._acc(account_id, f"spent:{month}")) or 0)
+
+    # -- rebuild -------------------------------------------------------------------
+    async def loaded(self) -> str:
+        """The current generation, "" when Redis holds no state."""
+        async with self._guard():
+            gen = await self.redis.get(self.marker)
+        self.generation = _s(gen) if gen else ""
+        return self.generation
+
+    async def load(self, snapshot: Snapshot) -> str:
+        """Replace the money state with `snapshot` in one transaction, under a new generation.
+        Reservations start at zero; rate-limit counters, sleeps and locks are kept."""
+        gen = secrets.token_hex(8)
+        async with self._guard():
+            old = [k async for k in self.redis.scan_iter(match=f"{self.prefix}a:*", count=1000)]
+            pipe = self.redis.pipeline(transaction=True)
+            if old:
+                pipe.unlink(*old)
+            for acc_id, grants in snapshot.grants.items():
+                mapping = {grant_field(g, exp): rem for g, rem, exp in grants}
+                if mapping:
+                    pipe.hset(self._acc(acc_id, "grants"), mapping=mapping)
+            for acc_id, spent in snapshot.month_spend.items():
+                pipe.set(self._acc(acc_id, f"spent:{snapshot.month}"), spent, ex=MONTH_TTL)
+            pipe.set(self.marker, gen)
+            await pipe.execute()
+        self.generation = gen
+        return gen
+
+    async def ensure_loaded(
+        self, snapshot: Callable[[], Awaitable[Snapshot]], patience: float = 30.0
+    ) -> str:
+        """The generation; when Redis is empty, one instance rebuilds it from `snapshot()`
+        (under a lock) while the others wait for the marker."""
+        gen = await self.loaded()
+        if gen:
+            return gen
+        token = await self.lock("rebuild", patience)
+        if token:
+            try:
+                if not await self.loaded():  # another instance may have just finished
+                    await self.load(await snapshot())
+            finally:
+                await self.unlock("rebuild", token)
+            return self.generation
+        deadline = asyncio.get_running_loop().time() + patience
+        while not await self.loaded():
+            if asyncio.get_running_loop().time() > deadline:
+                raise StateUnavailable("redis is being rebuilt by another instance", 2)
+            await asyncio.sleep(0.05)
+        return self.generation
+
+    # -- provider key sleeps ---------------------------------------------------------
+    async def sleep_key(self, key_id: int, seconds: float, reason: str) -> None:
+        """Put a provider key to sleep for every instance; it wakes when the entry expires."""
+        async with self._guard():
+            await self.redis.set(
+                f"{self.prefix}sleep:{key_id}", reason, px=max(int(seconds * 1000), 1)
+            )
+        await self.publish("key_sleep", key_id)
+
+    async def wake_key(self, key_id: int) -> None:
+        async with self._guard():
+            await self.redis.delete(f"{self.prefix}sleep:{key_id}")
+        await self.publish("key_sleep", key_id)
+
+    async def sleeping(self, key_ids: list[int]) -> dict[int, tuple[str, float]]:
+        """{key id: (reason, seconds left)} of the keys asleep now."""
+        if not key_ids:
+            return {}
+        names = [f"{self.prefix}sleep:{k}" for k in key_ids]
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.get(name).pttl(name)
+            raw = await pipe.execute()
+        out = {}
+        for key_id, reason, ttl in zip(key_ids, raw[::2], raw[1::2], strict=True):
+            if reason is not None and ttl > 0:
+                out[key_id] = (_s(reason), ttl / 1000)
+        return out
+
+    # -- locks (idempotency, rebuild) -------------------------------------------------
+    async def lock(self, name: str, ttl: float) -> str | None:
+        """A token if this caller got the lock (SET NX PX), else None. It expires by itself,
+        so a crashed holder never blocks the name for longer than `ttl`."""
+        token = secrets.token_hex(8)
+        async with self._guard():
+            ok = await self.redis.set(
+                f"{self.prefix}lock:{name}", token, nx=True, px=max(int(ttl * 1000), 1)
+            )
+        return token if ok else None
+
+    async def unlock(self, name: str, token: str) -> bool:
+        async with self._guard():
+            return bool(await self._unlock([f"{self.prefix}lock:{name}"], [token]))
+
+    # -- change events ------------------------------------------------------------------
+    async def publish(self, kind: str, ident: int | str) -> int:
+        """Announce a change to every instance; returns the new version."""
+        async with self._guard():
+            return int(
+                await self._publish([self.prefix + "version"], [self.channel, f"{kind} {ident}"])
+            )
+
+    async def version(self) -> int:
+        async with self._guard():
+            return int(await self.redis.get(self.prefix + "version") or 0)
+
+    async def listen(
+        self, on_event: Callable[[int, str, str], None], ready: asyncio.Event | None = None
+    ) -> None:
+        """Call on_event(version, kind, ident) for each change until cancelled. Events can
+        be missed (a reconnect): callers compare `version()` periodically and reload."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with self._guard():
+                await pubsub.subscribe(self.channel)
+            if ready is not None:
+                ready.set()
+            while True:
+                async with self._guard():
+                    msg = await pubsub.get_message(timeout=1.0)
+                if msg is None:
+                    continue
+                version, kind, ident = _s(msg["data"]).split(" ", 2)
+                on_event(int(version), kind, ident)
+        finally:
+            await pubsub.aclose()
