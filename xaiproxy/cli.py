@@ -16,8 +16,13 @@ def _banner(settings, root_key: str | None) -> str:
     url = f"http://{settings.host}:{settings.port}"
     lines = [
         f"xaiproxy {__version__} listening on {url}",
-        f"  database: {settings.db}",
+        f"  database: {settings_mod.mask_url(settings.db)}",
     ]
+    if settings.redis:
+        lines.append(
+            f"  redis: {settings_mod.mask_url(settings.redis)}"
+            " (not used yet: it serves the PostgreSQL store, coming)"
+        )
     if root_key:
         lines += [
             "",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -15,7 +17,10 @@ REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
-    db: str = "./data/xaiproxy.db"
+    # A SQLite path; `postgresql://…` is refused until the PostgreSQL store lands (SPEC 12).
+    db: str = field(default="./data/xaiproxy.db", repr=False)
+    # Redis for the shared hot state of many instances; used by the PostgreSQL backend, coming.
+    redis: str = field(default="", repr=False)
     config: str = ""
     root_key: str = ""
     prices: str = ""
@@ -115,7 +120,42 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
         if raw is not None:
             values[key] = _cast(key, getattr(base, key), raw)
     settings = Settings(**values)
+    _check_db(settings.db)
     return settings.replace(prices=resolve_prices_path(settings))
+
+
+def _check_db(db: str) -> None:
+    scheme = db.split("://", 1)[0].lower() if "://" in db else ""
+    if scheme not in ("", "sqlite"):
+        raise SettingsError(
+            f"db {mask_url(db)}: only SQLite is supported so far (a file path);"
+            " the PostgreSQL store is coming (docs/SCALING.md)"
+        )
+
+
+_SECRET_PARAMS = {"password", "passwd", "pass", "sslpassword"}
+_USERINFO_RE = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")
+
+
+def mask_url(url: str) -> str:
+    """A database or Redis URL fit to print: its password (in the userinfo or a
+    `password=` query parameter) replaced by ****. Anything else is returned as given."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:****@{netloc.rsplit('@', 1)[1]}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+                pairs = [(k, "****" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs]
+                query = urlencode(pairs, safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not parseable (a bad port, a broken IPv6 literal): mask by pattern
+        return _USERINFO_RE.sub(r"\1****@", url)
 
 
 def resolve_prices_path(settings: Settings) -> str:
