@@ -1,4 +1,4 @@
-"""Shared by /x-bill and the dashboard: date ranges from the query, usage aggregated in SQL.
+"""Shared by /x-bill and the dashboard: date ranges from the query, usage aggregated by the store.
 
 Costs are reported in the *viewer's* units: SUM(cost_n) (base worth) x viewer.Rates. So a
 parent's report adds up its children's spend at the worth it pays for it, whatever Rates
@@ -8,11 +8,11 @@ each child has, and an account's own report equals what left its balance.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from xaiproxy.errors import ApiError
 from xaiproxy.ledger import NANO
+from xaiproxy.store import ops as o
 
 DAY = 86400
 MAX_DAYS = 3660
@@ -30,33 +30,21 @@ DATE_QUERY = {
 }
 
 
-@dataclass(slots=True, frozen=True)
-class Scope:
-    """Which usage rows a report covers: a SQL condition with its parameters."""
-
-    where: str
-    params: tuple
-
-
-ALL = Scope("1", ())
+Scope = o.Scope
+ALL = o.ALL
 
 
 def subtree_scope(state, acc) -> Scope:
-    """An account and everything below it: a DNA range (not LIKE), so an index serves it."""
-    if acc.is_root:
-        return ALL
-    dna = acc.dna
-    upper = dna[:-1] + chr(ord(dna[-1]) + 1)  # ".1.42." -> ".1.42/"
-    return Scope("dna >= ? AND dna < ?", (dna, upper))
+    """An account and everything below it."""
+    return ALL if acc.is_root else Scope(dna=acc.dna)
 
 
 def account_scope(account_id: int) -> Scope:
-    return Scope("account_id = ?", (account_id,))
+    return Scope(account_ids=(account_id,))
 
 
 def accounts_scope(ids: list[int]) -> Scope:
-    # One JSON parameter however many accounts a filter matched (no 999-variable limit).
-    return Scope("account_id IN (SELECT value FROM json_each(?))", (str(sorted(ids)),))
+    return Scope(account_ids=tuple(ids))
 
 
 def pick(query: dict, short: str, long: str) -> str | None:
@@ -114,26 +102,15 @@ def money(value_n: int | None, rates: float) -> float:
     return round((value_n or 0) * rates / NANO, 9)
 
 
-# Reports read the daily rollup (migration 2), which a trigger keeps in step with
-# every usage row; spans are whole UTC days, so day numbers bound them exactly.
-_BY_DAY = (
-    "SELECT day, model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),"
-    " SUM(cached_tokens), SUM(cost_n) FROM usage_daily"
-    " WHERE {where} AND day >= ? AND day < ? GROUP BY day, model ORDER BY day, model"
-)
-_BY_ACCOUNT = (
-    "SELECT account_id, SUM(requests), SUM(cost_n) FROM usage_daily"
-    " WHERE {where} AND day >= ? AND day < ? GROUP BY account_id"
-)
-
-
+# Reports read the daily rollup (migration 2), kept in step with every usage row;
+# spans are whole UTC days, so day numbers bound them exactly.
 def _days(span: tuple[float, float]) -> tuple[int, int]:
     return int(span[0] // DAY), int(-(-span[1] // DAY))
 
 
 async def by_day(store, scope: Scope, span: tuple[float, float], rates: float) -> dict:
     """{"data": [one entry per day with usage], "total_usage": {requests, cost}} (seed shape)."""
-    rows = await store.fetchall(_BY_DAY.format(where=scope.where), (*scope.params, *_days(span)))
+    rows = await store.usage_by_day(scope, *_days(span))
     days: dict[int, dict] = {}
     total_requests, total_n = 0, 0
     for day, model, requests, prompt, completion, cached, cost_n in rows:
@@ -169,9 +146,7 @@ def _empty_day(day: int) -> dict:
 
 async def by_account(store, scope: Scope, span: tuple[float, float]) -> list[tuple[int, int, int]]:
     """(account_id, requests, cost_n) per account, most expensive first."""
-    rows = await store.fetchall(
-        _BY_ACCOUNT.format(where=scope.where), (*scope.params, *_days(span))
-    )
+    rows = await store.usage_by_account(scope, *_days(span))
     return sorted(((r[0], r[1], r[2] or 0) for r in rows), key=lambda r: (-r[2], -r[1], r[0]))
 
 
@@ -181,11 +156,7 @@ def percent(part: float, whole: float) -> float:
 
 async def totals(store, account_id: int, since: float, rates: float) -> dict:
     """One account's requests, tokens and cost since a moment (x-user-info's today / month)."""
-    row = await store.fetchone(
-        "SELECT COALESCE(SUM(requests), 0), SUM(prompt_tokens), SUM(completion_tokens),"
-        " SUM(cached_tokens), SUM(cost_n) FROM usage_daily WHERE account_id = ? AND day >= ?",
-        (account_id, int(since // DAY)),
-    )
+    row = await store.usage_totals(account_id, int(since // DAY))
     requests, prompt, completion, cached, cost_n = row
     return {
         "requests": requests,

@@ -28,6 +28,7 @@ import aiosmtplib
 
 from xaiproxy import ledger
 from xaiproxy.state import Account
+from xaiproxy.store import ops as o
 
 log = logging.getLogger("xaiproxy.alerts")
 SOFT, LOW = "soft_limit", "low_balance"
@@ -65,7 +66,7 @@ class Alerts:
 
     # -- lifecycle --------------------------------------------------------
     async def start(self) -> None:
-        rows = await self.gw.store.fetchall("SELECT account_id, kind, period FROM alerts_sent")
+        rows = await self.gw.store.alerts_sent()
         for account_id, kind, period in rows:
             if kind == SOFT and period > self.soft.get(account_id, ""):
                 self.soft[account_id] = period
@@ -115,9 +116,7 @@ class Alerts:
         if balance >= threshold:
             if acc.id in self.low:  # recharged: re-arm
                 self.low.discard(acc.id)
-                self.gw.store.submit(
-                    [("DELETE FROM alerts_sent WHERE account_id = ? AND kind = ?", (acc.id, LOW))]
-                )
+                self.gw.store.submit([o.AlertClear(acc.id, LOW)])
             return
         if acc.id in self.low:
             return
@@ -189,15 +188,7 @@ class Alerts:
 
     def _record(self, mail: Mail) -> None:
         self.sent += 1
-        self.gw.store.submit(
-            [
-                (
-                    "INSERT OR REPLACE INTO alerts_sent (account_id, kind, period, sent_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (mail.account_id, mail.kind, mail.period, time.time()),
-                )
-            ]
-        )
+        self.gw.store.submit([o.AlertSent(mail.account_id, mail.kind, mail.period, time.time())])
 
     def _give_up(self, mail: Mail) -> None:
         """Unmark, so the alert goes out once the server is back (after a cool-down)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from xaiproxy.errors import ApiError
-from xaiproxy.state import Account
 
 from . import _reports as reports
 from . import _userfields as uf
@@ -94,15 +93,12 @@ async def own_bill(call):
     return call.json({"object": "list", **report})
 
 
-def _log_filter(acc: Account, query: dict) -> tuple[str, list]:
-    marks = ", ".join("?" * len(ACCOUNT_ACTIONS))
-    where = [f"(operator_id = ? OR (target_id = ? AND action IN ({marks})))"]
-    params: list = [acc.id, acc.id, *ACCOUNT_ACTIONS]
-    for name in ("action", "target_id", "status"):
-        if query.get(name) is not None:
-            where.append(f"{name} = ?")
-            params.append(int(query[name]) if name == "target_id" else query[name])
-    return " AND ".join(where), params
+def _log_filter(query: dict) -> dict:
+    return {
+        name: int(query[name]) if name == "target_id" else query[name]
+        for name in ("action", "target_id", "status")
+        if query.get(name) is not None
+    }
 
 
 def _log_row(row) -> dict:
@@ -122,13 +118,9 @@ async def user_logs(call):
     page, size = int(call.query.get("page") or 1), int(call.query.get("size") or 24)
     if page < 1 or not 1 <= size <= 100:
         raise ApiError(400, "invalid_paging", "page must be >= 1 and size 1-100")
-    where, params = _log_filter(call.caller, call.query)
-    store = call.gw.store
-    total = await store.scalar(f"SELECT COUNT(*) FROM op_logs WHERE {where}", params)
-    rows = await store.fetchall(
-        f"SELECT id, ts, action, operator_id, target_id, details, status FROM op_logs"
-        f" WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
-        (*params, size, (page - 1) * size),
+    filters = _log_filter(call.query)
+    total, rows = await call.gw.store.op_logs(
+        call.caller.id, ACCOUNT_ACTIONS, filters, size, (page - 1) * size
     )
     logs = [_log_row(r) for r in rows]
     return call.json(

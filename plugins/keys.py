@@ -10,7 +10,8 @@ from yarl import URL
 
 from xaiproxy import credentials, ssrf, vendors
 from xaiproxy.errors import ApiError
-from xaiproxy.state import ProviderKey
+from xaiproxy.state import KEY_COLUMNS, ProviderKey
+from xaiproxy.store import ops as o
 
 from ._paging import PAGING_QUERY, page
 from ._userfields import iso
@@ -121,29 +122,10 @@ def _owned(call, ident: str) -> ProviderKey:
     return key
 
 
-def _row(key: ProviderKey, box) -> tuple:
-    return (
-        key.id,
-        key.owner_id,
-        key.name,
-        key.level,
-        key.provider,
-        box.seal(key.secret),
-        int(key.status),
-        orjson.dumps(key.config).decode(),
-        key.type,
-        key.sleep_until,
-        key.sleep_reason,
-        key.created_at,
-        key.updated_at,
-    )
-
-
-UPSERT = (
-    "INSERT OR REPLACE INTO provider_keys (id, owner_id, name, level, provider, secret, status,"
-    " config, type, sleep_until, sleep_reason, created_at, updated_at)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+def _put(key: ProviderKey, box) -> o.KeyPut:
+    row = {c: getattr(key, c) for c in KEY_COLUMNS}
+    row |= {"secret": box.seal(key.secret), "status": int(key.status)}
+    return o.KeyPut(row | {"config": orjson.dumps(key.config).decode()})
 
 
 async def gkey(call):
@@ -170,7 +152,7 @@ async def add_key(call):
     )
     gw.state.put_key(key)
     ops = [
-        (UPSERT, _row(key, gw.box)),
+        _put(key, gw.box),
         gw.oplog(caller, "add_key", key.id, f"level {key.level} {key.type} {provider}"),
     ]
     cfg = gw.config(caller.id)
@@ -216,7 +198,7 @@ async def update_key(call):
     )
     await gw.store.write(
         [
-            (UPSERT, _row(key, gw.box)),
+            _put(key, gw.box),
             gw.oplog(call.caller, "update_key", key.id, f"changed {changed}"),
         ]
     )
@@ -250,7 +232,7 @@ async def delete_key(call):
     gw.state.drop_key(key.id)
     await gw.store.write(
         [
-            ("DELETE FROM provider_keys WHERE id = ?", (key.id,)),
+            o.KeyDelete(key.id),
             gw.oplog(call.caller, "delete_key", key.id, f"level {key.level} {key.provider}"),
         ]
     )

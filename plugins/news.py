@@ -16,6 +16,7 @@ import time
 from xaiproxy.errors import ApiError
 from xaiproxy.ledger import DAY
 from xaiproxy.state import Account
+from xaiproxy.store import ops as o
 
 from ._userfields import iso
 
@@ -34,7 +35,7 @@ NEWS_BODY = {
 }
 NO_BODY = {"type": "object", "properties": {}, "additionalProperties": False}
 NO_QUERY = {"type": "object", "properties": {}}
-_COLUMNS = "id, title, content, created_at, expires_at"
+SYSTEM = o.NewsMatch()  # what root's DELETE /x-news removes
 
 
 class Target:
@@ -49,10 +50,10 @@ class Target:
     def label(self) -> str:
         return f"group {self.dna}" if self.dna else f"account {self.account.id}"
 
-    def match(self) -> tuple[str, tuple]:
+    def match(self, author: Account) -> o.NewsMatch:
         if self.dna:
-            return "target_dna = ?", (self.dna,)
-        return "target_id = ?", (self.account.id,)
+            return o.NewsMatch(author.id, target_dna=self.dna)
+        return o.NewsMatch(author.id, target_id=self.account.id)
 
 
 def resolve(state, caller: Account, ident: str) -> Target:
@@ -85,12 +86,16 @@ async def _create(call, target: Target | None, default_days: float):
     label = target.label if target else "system"
     await gw.store.write(
         [
-            ("DELETE FROM news WHERE expires_at <= ?", (now,)),
-            (
-                "INSERT INTO news (id, author_id, target_id, target_dna, title, content,"
-                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (news_id, caller.id, target_id, target_dna, body["title"], body["content"])
-                + (now, expires),
+            o.NewsPrune(now),
+            o.NewsPut(
+                news_id,
+                caller.id,
+                target_id,
+                target_dna,
+                body["title"],
+                body["content"],
+                now,
+                expires,
             ),
             gw.oplog(
                 caller,
@@ -114,15 +119,14 @@ async def create_targeted(call):
     return await _create(call, target, TARGETED_DAYS)
 
 
-async def _delete(call, where: str, params: tuple, target: Target | None):
+async def _delete(call, match: o.NewsMatch, target: Target | None):
     gw, caller = call.gw, call.caller
-    rows = await gw.store.fetchall(f"SELECT id FROM news WHERE {where}", params)
-    ids = [r[0] for r in rows]
+    ids = await gw.store.news_ids(match)
     if ids:
         label = target.label if target else "system"
         await gw.store.write(
             [
-                ("DELETE FROM news WHERE id IN (SELECT value FROM json_each(?))", (str(ids),)),
+                o.NewsDelete(tuple(ids)),
                 gw.oplog(
                     caller,
                     "delete_news",
@@ -135,29 +139,18 @@ async def _delete(call, where: str, params: tuple, target: Target | None):
 
 
 async def delete_system(call):
-    return await _delete(call, "target_id IS NULL AND target_dna IS NULL", (), None)
+    return await _delete(call, SYSTEM, None)
 
 
 async def delete_targeted(call):
     target = resolve(call.gw.state, call.caller, call.param("target"))
-    match, params = target.match()
-    return await _delete(call, f"author_id = ? AND {match}", (call.caller.id, *params), target)
+    return await _delete(call, target.match(call.caller), target)
 
 
 async def user_news(call):
     acc, store, now = call.caller, call.gw.store, time.time()
-    system = await store.fetchall(
-        f"SELECT {_COLUMNS} FROM news WHERE target_id IS NULL AND target_dna IS NULL"
-        " AND expires_at > ? ORDER BY created_at DESC, id DESC LIMIT ?",
-        (now, LIMIT),
-    )
-    # A DNA group contains the reader when it is a prefix of the reader's current DNA.
-    mine = await store.fetchall(
-        f"SELECT {_COLUMNS} FROM news WHERE expires_at > ? AND (target_id = ?"
-        " OR (target_dna IS NOT NULL AND substr(?, 1, length(target_dna)) = target_dna))"
-        " ORDER BY created_at DESC, id DESC LIMIT ?",
-        (now, acc.id, acc.dna, LIMIT),
-    )
+    system = await store.news_system(now, LIMIT)
+    mine = await store.news_for(acc.id, acc.dna, now, LIMIT)
     return call.json(
         {
             "success": True,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from xaiproxy import credentials
 from xaiproxy.errors import ApiError
 from xaiproxy.state import Account
+from xaiproxy.store import ops as o
 
 KEY_RE = re.compile(r"^sk-Xvs[A-Za-z0-9_-]{45}$")
 _confirm = {"type": "string", "maxLength": 64}
@@ -59,9 +60,8 @@ async def rotate(gw, operator: Account, acc: Account, key: str, action: str):
     gw.state.set_key(acc, credentials.hash_key(key), credentials.display_prefix(key))
     acc.updated_at = now = time.time()
     ops = [
-        (
-            "UPDATE accounts SET key_hash = ?, key_prefix = ?, updated_at = ? WHERE id = ?",
-            (acc.key_hash, acc.key_prefix, now, acc.id),
+        o.AccountSet(
+            acc.id, {"key_hash": acc.key_hash, "key_prefix": acc.key_prefix, "updated_at": now}
         ),
         gw.oplog(operator, action, acc.id, f"rotated the key of {acc.name}"),
     ]

@@ -12,7 +12,8 @@ import time
 
 from xaiproxy import credentials, idempotency, ledger
 from xaiproxy.errors import ApiError
-from xaiproxy.state import ACCOUNT_COLUMNS, FILTER_RE, Account
+from xaiproxy.state import FILTER_RE, Account
+from xaiproxy.store import ops as o
 
 from . import _userfields as uf
 from ._paging import PAGING_QUERY, page
@@ -31,23 +32,17 @@ LIST_QUERY = {
     "additionalProperties": False,
 }
 NO_QUERY = {"type": "object", "additionalProperties": False}
-_COLS = [c for c in ACCOUNT_COLUMNS if c != "id"]
-INSERT_SQL = (
-    f"INSERT INTO accounts ({', '.join(ACCOUNT_COLUMNS)})"
-    f" VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})"
-)
-UPDATE_SQL = f"UPDATE accounts SET {', '.join(c + ' = ?' for c in _COLS)} WHERE id = ?"
 LIST_ATTRS = {attr for attr, _ in uf.LISTS.values()}
 
 
-def insert_op(acc: Account):
-    row = acc.row()
-    return INSERT_SQL, tuple(row[c] for c in ACCOUNT_COLUMNS)
+def insert_op(acc: Account) -> o.AccountPut:
+    return o.AccountPut(acc.row())
 
 
-def update_op(acc: Account):
+def update_op(acc: Account) -> o.AccountSet:
     row = acc.row()
-    return UPDATE_SQL, (*(row[c] for c in _COLS), acc.id)
+    del row["id"]
+    return o.AccountSet(acc.id, row)
 
 
 def single(state, caller: Account, ident: str) -> Account:
@@ -245,17 +240,8 @@ def _remove(gw, caller: Account, acc: Account):
         state.reparent(child, parent)
         moved += [child, *state.subtree(child)]
     state.remove_account(acc)
-    ops.append(("DELETE FROM accounts WHERE id = ?", (acc.id,)))
-    for m in moved:
-        ops.append(
-            (
-                "UPDATE accounts SET parent_id = ?, dna = ?, level = ? WHERE id = ?",
-                (m.parent_id, m.dna, m.level, m.id),
-            )
-        )
-        # Usage rows carry the DNA so billing scopes (x-bill by subtree) follow the move.
-        ops.append(("UPDATE usage SET dna = ? WHERE account_id = ?", (m.dna, m.id)))
-        ops.append(("UPDATE usage_daily SET dna = ? WHERE account_id = ?", (m.dna, m.id)))
+    ops.append(o.AccountDelete(acc.id))
+    ops += [o.AccountMove(m.id, m.parent_id, m.dna, m.level) for m in moved]
     details = f"deleted user {acc.name}; parent received {back:g}; {len(moved)} accounts moved up"
     ops.append(gw.oplog(caller, "delete_user", acc.id, details))
     user = {"ID": acc.id, "Name": acc.name, "Refunded": back, "Moved": [m.id for m in moved]}

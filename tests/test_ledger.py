@@ -8,6 +8,7 @@ from tests.plugins.test_users import new_user
 from xaiproxy import ledger
 from xaiproxy.errors import ApiError
 from xaiproxy.state import Account, State
+from xaiproxy.store.ops import GrantDelta
 
 N = ledger.NANO
 
@@ -43,8 +44,8 @@ def test_spend_draws_soonest_expiring_first(tree):
     assert [g.reference for g in parent.grants] == ["soon", "mid", "late"]
     ops = money.spend(parent, 15 * N, now)
     assert (soon.remaining_n, mid.remaining_n, late.remaining_n) == (0, 5 * N, 10 * N)
-    assert [op[1] for op in ops] == [(10 * N, soon.id), (5 * N, mid.id)]
-    assert all(op[0].startswith("UPDATE grants SET remaining_n = remaining_n - ?") for op in ops)
+    assert [(op.take_n, op.grant_id) for op in ops] == [(10 * N, soon.id), (5 * N, mid.id)]
+    assert all(type(op) is GrantDelta for op in ops)
     assert ledger.balance(parent, now) == 15
 
 
@@ -112,8 +113,8 @@ def test_tiny_refund_is_all_fee(tree):
     money.fund(root, parent, 1, None, root, "initial")
     ops, back = money.refund(parent, root, 0.1, parent, "refund")
     assert back == 0 and ledger.balance(parent) == 0.9
-    journal = ops[-1][1]
-    assert (journal[3], journal[4]) == (0, N // 10)  # amount 0, fee = all of it
+    journal = ops[-1]
+    assert (journal.amount_n, journal.fee_n) == (0, N // 10)  # amount 0, fee = all of it
 
 
 def test_reserve_and_release(tree):

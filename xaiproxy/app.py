@@ -9,10 +9,10 @@ import aiohttp
 from aiohttp import web
 
 from . import accesslog, boot, console, errors, metrics, openapi, plugins, pricing, relay, ssrf
+from . import store as stores
 from .errors import ApiError
 from .plugins import Gateway
 from .state import State
-from .store import Store
 
 log = logging.getLogger("xaiproxy")
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -95,7 +95,7 @@ async def _drain(app: web.Application) -> None:
 
 
 def create_app(settings) -> web.Application:
-    store = Store(settings.db, settings.flush_interval)
+    store = stores.create(settings.db, settings.flush_interval)
     gw = Gateway(settings, State(), store, pricing.load(settings.prices))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[GATEWAY] = gw

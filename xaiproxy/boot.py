@@ -11,22 +11,9 @@ import orjson
 from . import credentials, vendors
 from .ownerconf import OwnerConfig
 from .state import ACCOUNT_COLUMNS, KEY_COLUMNS, Account, Grant, ProviderKey
+from .store.ops import AccountPut
 
 log = logging.getLogger("xaiproxy.boot")
-ID_SOURCES = {
-    "accounts": (
-        "SELECT MAX(id) FROM accounts",
-        "SELECT MAX(account_id) FROM grants",
-        "SELECT MAX(account_id) FROM usage",  # served by usage_account_ts
-        "SELECT MAX(to_id) FROM transfers",
-    ),
-    "grants": ("SELECT MAX(id) FROM grants",),
-    "provider_keys": (
-        "SELECT MAX(id) FROM provider_keys",
-        "SELECT MAX(target_id) FROM op_logs WHERE action = 'add_key'",
-    ),
-    "news": ("SELECT MAX(id) FROM news",),
-}
 
 
 def month_start(now: float | None = None) -> tuple[str, float]:
@@ -39,45 +26,28 @@ async def load(gw) -> str | None:
     """Fill gw.state from the store. Returns root's key when it was generated just now."""
     store, state = gw.store, gw.state
     new_root_key = None
-    if not await store.scalar("SELECT COUNT(*) FROM accounts"):
+    if not await store.count_accounts():
         new_root_key = await _create_root(gw)
-    rows = await store.fetchall(
-        f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM accounts ORDER BY level, id"
-    )
-    for row in rows:
-        values = dict(row)
+    for row in await store.load_accounts():
+        values = {c: row[c] for c in ACCOUNT_COLUMNS}
         values["model_limits"] = orjson.loads(values["model_limits"] or "{}")
         values["status"] = bool(values["status"])
         values["owner"] = bool(values["owner"])
         state.add_account(Account(**values))
     now = time.time()
-    for row in await store.fetchall(
-        "SELECT * FROM grants WHERE remaining_n != 0 AND (expires_at > ? OR remaining_n < 0)"
-        " ORDER BY expires_at",
-        (now,),
-    ):
+    for row in await store.load_grants(now):
         acc = state.accounts.get(row["account_id"])
         if acc is not None:
-            acc.grants.append(Grant(**dict(row)))
+            acc.grants.append(Grant(**row))
     month, start = month_start(now)
     # Month spend from the daily rollup, valued at each account's current Rates.
-    for account_id, spent_n in await store.fetchall(
-        "SELECT account_id, SUM(cost_n) FROM usage_daily WHERE day >= ? GROUP BY account_id",
-        (int(start // 86400),),
-    ):
+    for account_id, spent_n in await store.spend_since(int(start // 86400)):
         acc = state.accounts.get(account_id)
         if acc is not None:
             acc.month, acc.month_spend = month, spent_n * acc.rates / 1e9
-    _load_tree_spend(
-        state,
-        month,
-        await store.fetchall(
-            "SELECT dna, SUM(cost_n) FROM usage_daily WHERE day >= ? GROUP BY dna",
-            (int(start // 86400),),
-        ),
-    )
-    for row in await store.fetchall(f"SELECT {', '.join(KEY_COLUMNS)} FROM provider_keys"):
-        values = dict(row)
+    _load_tree_spend(state, month, await store.spend_by_dna_since(int(start // 86400)))
+    for row in await store.load_keys():
+        values = {c: row[c] for c in KEY_COLUMNS}
         values["secret"] = gw.box.open(values["secret"])
         values["status"] = bool(values["status"])
         values["config"] = orjson.loads(values["config"] or "{}")
@@ -85,9 +55,8 @@ async def load(gw) -> str | None:
         state.put_key(ProviderKey(**values))
     await _load_configs(gw)
     # Ids are never reused: deleted accounts and keys live on in usage and grants.
-    for table, sources in ID_SOURCES.items():
-        for sql in sources:
-            state.seed_id(table, await store.scalar(sql))
+    for table, max_id in (await store.max_ids()).items():
+        state.seed_id(table, max_id)
     return new_root_key
 
 
@@ -103,10 +72,8 @@ def _load_tree_spend(state, month: str, rows) -> None:
 
 
 async def _load_configs(gw) -> None:
-    versions = {r[0]: r[1] for r in await gw.store.fetchall("SELECT * FROM config_version")}
-    values: dict[int, dict] = {}
-    for owner_id, key, value in await gw.store.fetchall("SELECT * FROM owner_config"):
-        values.setdefault(owner_id, {})[key] = orjson.loads(value)
+    versions, texts = await gw.store.load_configs()
+    values = {owner: {k: orjson.loads(v) for k, v in kv.items()} for owner, kv in texts.items()}
     for owner_id in set(versions) | set(values):
         gw.state.configs[owner_id] = OwnerConfig.build(
             owner_id, versions.get(owner_id, 0), values.get(owner_id, {}), gw.prices
@@ -130,15 +97,6 @@ async def _create_root(gw) -> str | None:
         created_at=now,
         updated_at=now,
     )
-    row = root.row()
-    cols = ", ".join(row)
-    await gw.store.write(
-        [
-            (
-                f"INSERT INTO accounts ({cols}) VALUES ({', '.join('?' * len(row))})",
-                tuple(row.values()),
-            )
-        ]
-    )
+    await gw.store.write([AccountPut(root.row())])
     log.info("created the root account")
     return None if given else key

@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from .errors import ApiError
-from .store import Op
+from .store import ops as o
 
 HEADER = "Idempotency-Key"
 TTL = 24 * 3600.0
@@ -36,7 +36,7 @@ _KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 # work() -> (answer, ops, status): checks and mutates memory synchronously, returns
 # the store ops of its unit; it must not await (that is what makes it atomic).
-Work = Callable[[], tuple[Any, list[Op], int]]
+Work = Callable[[], tuple[Any, list, int]]
 
 
 def fingerprint(request: web.Request, body: Any) -> str:
@@ -90,11 +90,7 @@ class Guard:
             done.set_result(None)
 
     async def _once(self, slot: tuple[int, str], print_: str, work: Work) -> web.Response:
-        row = await self.store.fetchone(
-            "SELECT fingerprint, status, response FROM idempotency"
-            " WHERE account_id = ? AND key = ? AND created_at > ?",
-            (*slot, time.time() - TTL),
-        )
+        row = await self.store.idempotency_get(*slot, time.time() - TTL)
         if row is not None:
             if row["fingerprint"] != print_:
                 raise ApiError(
@@ -104,26 +100,19 @@ class Guard:
                 )
             return web.Response(
                 status=row["status"],
-                body=bytes(row["response"]),
+                body=row["response"],
                 content_type="application/json",
                 headers={"Idempotent-Replayed": "true"},
             )
 
-        def record(answer, status: int) -> list[Op]:
+        def record(answer, status: int) -> list:
             stored = orjson.dumps(redact(answer), option=orjson.OPT_NON_STR_KEYS)
-            return [
-                (
-                    "INSERT OR REPLACE INTO idempotency"
-                    " (account_id, key, fingerprint, status, response, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (*slot, print_, status, stored, time.time()),
-                )
-            ]
+            return [o.IdempotencyPut(*slot, print_, status, stored, time.time())]
 
         answer, _ops, status = await self._apply(work, record)
         return _json(answer, status)
 
-    async def _apply(self, work: Work, extra: Callable[[Any, int], list[Op]]):
+    async def _apply(self, work: Work, extra: Callable[[Any, int], list]):
         """Run work() and store its unit; if the unit is not stored, memory is taken back."""
         with self.state.recording() as undo:
             answer, ops, status = work()
@@ -139,9 +128,7 @@ class Guard:
 
     async def prune(self) -> None:
         """Forget records past their TTL (run at start)."""
-        await self.store.write(
-            [("DELETE FROM idempotency WHERE created_at <= ?", (time.time() - TTL,))]
-        )
+        await self.store.write([o.IdempotencyPrune(time.time() - TTL)])
 
 
 def _json(answer: Any, status: int) -> web.Response:

@@ -18,7 +18,7 @@ import time
 
 from .errors import ApiError
 from .state import Account, Grant, State
-from .store import GRANT_DELTA_SQL, Op
+from .store import ops as o
 
 NANO = 1_000_000_000
 DAY = 86400.0
@@ -113,18 +113,16 @@ def _give_back(g: Grant, take_n: int) -> None:
     g.remaining_n += take_n
 
 
-def _grant_delta(g: Grant, take_n: int) -> Op:
+def _grant_delta(g: Grant, take_n: int) -> o.GrantDelta:
     # Deltas commute, so the order of queued units never matters.
-    return (GRANT_DELTA_SQL, (take_n, g.id))
+    return o.GrantDelta(g.id, take_n)
 
 
 # -- grants and movements (management) ----------------------------------------
-def _journal(src: Account, dst: Account, amount_n: int, fee_n: int, kind: str, op_id: int) -> Op:
-    return (
-        "INSERT INTO transfers (ts, from_id, to_id, amount_n, fee_n, kind, operator_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (time.time(), src.id, dst.id, amount_n, fee_n, kind, op_id),
-    )
+def _journal(
+    src: Account, dst: Account, amount_n: int, fee_n: int, kind: str, op_id: int
+) -> o.Transfer:
+    return o.Transfer(time.time(), src.id, dst.id, amount_n, fee_n, kind, op_id)
 
 
 def check_amount(amount) -> float:
@@ -138,18 +136,9 @@ def check_amount(amount) -> float:
 # -- audit ------------------------------------------------------------------
 async def audit(store) -> dict:
     """Base-unit totals for the invariant; `ok` is True when nothing was lost or made."""
-    minted = await store.scalar(
-        "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE from_id = 1"
-    )
-    returned = await store.scalar(
-        "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE to_id = 1"
-    )
-    held = await store.scalar(
-        "SELECT COALESCE(SUM(remaining_n), 0) FROM grants WHERE account_id != 1"
-    )
-    spent = await store.scalar("SELECT COALESCE(SUM(cost_n), 0) FROM usage WHERE account_id != 1")
-    fees = await store.scalar("SELECT COALESCE(SUM(fee_n), 0) FROM transfers")
-    net = minted - returned
+    t = await store.audit_totals()
+    held, spent, fees = t["held_n"], t["spent_n"], t["fees_n"]
+    net = t["minted_n"] - t["returned_n"]
     return {
         "minted_n": net,
         "held_n": held,
@@ -182,7 +171,7 @@ class Ledger:
 
     def new_grant(
         self, acc: Account, amount_n: int, days: float, reference: str, now: float | None = None
-    ) -> tuple[Grant, Op]:
+    ) -> tuple[Grant, o.GrantPut]:
         now = time.time() if now is None else now
         days = DEFAULT_DAYS if days is None else days
         g = Grant(
@@ -196,22 +185,18 @@ class Ledger:
         )
         bisect.insort(acc.grants, g, key=lambda x: x.expires_at)
         self.state.remember(lambda: acc.grants.remove(g))
-        op = (
-            "INSERT INTO grants (id, account_id, amount_n, remaining_n, granted_at, expires_at,"
-            " reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (g.id, acc.id, amount_n, amount_n, g.granted_at, g.expires_at, reference),
-        )
+        op = o.GrantPut(g.id, acc.id, amount_n, amount_n, g.granted_at, g.expires_at, reference)
         return g, op
 
-    def spend(self, acc: Account, cost_n: int, now: float | None = None) -> list[Op]:
+    def spend(self, acc: Account, cost_n: int, now: float | None = None) -> list:
         """Debit cost, soonest-expiring grant first; a shortfall becomes debt on the last one."""
         if acc.is_root or cost_n <= 0:
             return []
         now = time.time() if now is None else now
         return self._draw(acc, cost_n, now, allow_debt=True)
 
-    def _draw(self, acc: Account, amount_n: int, now: float, allow_debt: bool) -> list[Op]:
-        ops: list[Op] = []
+    def _draw(self, acc: Account, amount_n: int, now: float, allow_debt: bool) -> list:
+        ops: list = []
         left = amount_n
         live = [g for g in acc.grants if g.expires_at > now]
         for g in live:
@@ -231,7 +216,7 @@ class Ledger:
             ops.append(self._take(g, left))
         return ops
 
-    def _take(self, g: Grant, take_n: int) -> Op:
+    def _take(self, g: Grant, take_n: int) -> o.GrantDelta:
         g.remaining_n -= take_n
         self.state.remember(lambda: _give_back(g, take_n))
         return _grant_delta(g, take_n)
@@ -244,12 +229,12 @@ class Ledger:
         days: float | None,
         operator: Account,
         kind: str,
-    ) -> list[Op]:
+    ) -> list:
         """Give `amount` (child's units) to child; parent pays the same base worth (root mints)."""
         amount_n = to_n(amount, child.rates)
         if amount_n <= 0:
             raise ApiError(400, "invalid_amount", "the amount must be positive")
-        ops: list[Op] = []
+        ops: list = []
         if not parent.is_root:
             if available_n(parent) < amount_n:
                 raise ApiError(
@@ -265,7 +250,7 @@ class Ledger:
 
     def refund(
         self, child: Account, parent: Account, amount: float, operator: Account, kind: str
-    ) -> tuple[list[Op], float]:
+    ) -> tuple[list, float]:
         """Move `amount` (child's units) back to parent, less the fee, as a 180-day grant.
 
         Never more than the balance less what requests in flight reserved. Returns the ops
@@ -290,7 +275,7 @@ class Ledger:
         operator: Account,
         kind: str,
         fee: float,
-    ) -> tuple[list[Op], float]:
+    ) -> tuple[list, float]:
         if amount_n <= 0:
             return [], 0.0
         now = time.time()
@@ -304,7 +289,7 @@ class Ledger:
         return ops, from_n(back_n, parent.rates)
 
     # -- delete ------------------------------------------------------------------
-    def leave(self, acc: Account, operator: Account) -> tuple[list[Op], float]:
+    def leave(self, acc: Account, operator: Account) -> tuple[list, float]:
         """Deleting acc: refund its balance less what requests in flight reserved (less the
         fee) to its parent; with nothing in flight, settle the rest (a debt) at once.
 
@@ -317,7 +302,7 @@ class Ledger:
         self.state.remember(lambda: setattr(acc, "deleted", False))
         return ops + self.settle_deleted(acc), back
 
-    def settle_deleted(self, acc: Account) -> list[Op]:
+    def settle_deleted(self, acc: Account) -> list:
         """A deleted account with nothing in flight: its rest goes to, or its debt is paid by,
         the nearest live ancestor (no fee: the delete took it). Never written off."""
         if not acc.deleted or acc.reserved_n:

@@ -32,7 +32,8 @@ from .context import RequestContext
 from .errors import ApiError
 from .ownerconf import OwnerConfig
 from .state import Account, State
-from .store import Op, Store
+from .store import Store
+from .store import ops as o
 
 log = logging.getLogger("xaiproxy.plugins")
 BUILTIN_PACKAGE = "xaiproxy_plugins"
@@ -178,40 +179,21 @@ class Gateway:
             self.state.configs[owner_id] = cfg
         return cfg
 
-    async def save_config(
-        self, owner_id: int, values: dict, extra_ops: list[Op] = ()
-    ) -> OwnerConfig:
+    async def save_config(self, owner_id: int, values: dict, extra_ops: list = ()) -> OwnerConfig:
         """Replace an owner's config values, bump its version, persist, apply at once."""
         version = self.config(owner_id).version + 1
         cfg = OwnerConfig.build(owner_id, version, values, self.prices)
-        ops: list[Op] = [("DELETE FROM owner_config WHERE owner_id = ?", (owner_id,))]
-        ops += [
-            (
-                "INSERT INTO owner_config (owner_id, key, value) VALUES (?, ?, ?)",
-                (owner_id, k, orjson.dumps(v).decode()),
-            )
-            for k, v in values.items()
-        ]
-        ops.append(
-            (
-                "INSERT OR REPLACE INTO config_version (owner_id, version) VALUES (?, ?)",
-                (owner_id, version),
-            )
-        )
+        texts = {k: orjson.dumps(v).decode() for k, v in values.items()}
         self.state.configs[owner_id] = cfg
-        await self.store.write([*ops, *extra_ops])
+        await self.store.write([o.ConfigSet(owner_id, version, texts), *extra_ops])
         return cfg
 
     @staticmethod
     def oplog(
         operator: Account, action: str, target_id: int, details: str, status: str = "success"
-    ) -> Op:
+    ) -> o.OpLog:
         """An operation-log row, to add to the unit of the change it records. Never put secrets in details."""
-        return (
-            "INSERT INTO op_logs (ts, operator_id, target_id, action, details, status)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), operator.id, target_id, action, details[:1000], status),
-        )
+        return o.OpLog(time.time(), operator.id, target_id, action, details[:1000], status)
 
 
 def _client_key(request: web.Request) -> str:

@@ -40,6 +40,7 @@ from .errors import ApiError
 from .plugins import REQUEST_CTX
 from .probes import Prober
 from .routing import Refused, Router
+from .store.ops import UsageRecord
 
 RETRY_STATUSES = frozenset((401, 403, 429))  # and every 5xx
 ERROR_BODY_CAP = 256 * 1024  # what we keep of a failed attempt's answer to pass on
@@ -411,9 +412,9 @@ class Relay:
             fn(ctx)
 
     @staticmethod
-    def _usage_row(ctx: RequestContext) -> tuple:
+    def _usage_row(ctx: RequestContext) -> UsageRecord:
         acc = ctx.account
-        return (
+        return UsageRecord(
             time.time(),
             acc.id,
             acc.owner_acc.id,

@@ -15,6 +15,7 @@ from yarl import URL
 from . import ssrf
 from .ssrf import Refused  # noqa: F401 (re-exported: what an SSRF refusal raises)
 from .state import ProviderKey
+from .store.ops import KeySleep
 
 
 class Router:
@@ -75,26 +76,12 @@ class Router:
         """Rest a key (in memory now, in the store with the next batch, for /x-conf)."""
         key.sleep_until = time.time() + seconds
         key.sleep_reason = reason
-        self.gw.store.submit(
-            [
-                (
-                    "UPDATE provider_keys SET sleep_until = ?, sleep_reason = ? WHERE id = ?",
-                    (key.sleep_until, reason, key.id),
-                )
-            ]
-        )
+        self.gw.store.submit([KeySleep(key.id, key.sleep_until, reason)])
 
     def wake(self, key: ProviderKey) -> None:
         """End a key's rest (a probe found it answering again)."""
         key.sleep_until, key.sleep_reason = 0.0, ""
-        self.gw.store.submit(
-            [
-                (
-                    "UPDATE provider_keys SET sleep_until = 0, sleep_reason = '' WHERE id = ?",
-                    (key.id,),
-                )
-            ]
-        )
+        self.gw.store.submit([KeySleep(key.id, 0.0, "")])
 
     # -- addresses ----------------------------------------------------------
     def base(self, key: ProviderKey) -> str:

@@ -10,6 +10,7 @@ from tests import fakes
 from tests.fakes import PROMPT_TOKENS, add_user, chat, ready
 from tests.plugins.reports import add_usage, midnight, new_user
 from xaiproxy.ledger import NANO
+from xaiproxy.store.sqlite import scope_sql
 
 make_upstream, upstream = fakes.make_upstream, fakes.upstream  # fixtures
 
@@ -198,9 +199,9 @@ async def test_branch_report_reads_the_rollup_by_dna_index(api, tree):
         await new_user(api, f"filler-{i}", 2)
     (a1, a1_key), (a, _) = tree["a1"], tree["a"]
     scope = billing.scope_for(api.gw, api.gw.state.accounts[a1], None)
+    where, params = scope_sql(scope)  # how the SQLite store renders it
     plan = await api.gw.store.fetchall(
-        "EXPLAIN QUERY PLAN SELECT SUM(requests) FROM usage_daily WHERE " + scope.where,
-        scope.params,
+        "EXPLAIN QUERY PLAN SELECT SUM(requests) FROM usage_daily WHERE " + where, params
     )
     assert "usage_daily_dna" in " ".join(row[-1] for row in plan)
     await add_usage(api, [(a1, time.time() - 1), (a, time.time() - 1)])

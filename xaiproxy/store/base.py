@@ -1,0 +1,65 @@
+"""The store seam: what every backend does. The core and the plugins see only this.
+
+Writes are units of typed ops (`store/ops.py`), applied all or nothing by one batched
+writer; reads are named operations returning plain values (dicts and tuples). A
+backend renders ops into its own SQL; `tests/store/` is the contract it must pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from .ops import NewsMatch, Scope, UsageRecord
+
+
+class Store(Protocol):
+    queue_depth: int
+    last_flush_seconds: float
+    flushes: int
+    write_errors: int
+    closed: bool
+
+    # -- lifecycle ---------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, bring the schema up to date, start the writer."""
+
+    async def close(self) -> None:
+        """Commit everything queued, then disconnect."""
+
+    # -- writing -----------------------------------------------------------
+    def submit(self, ops: list, wait: bool = False) -> asyncio.Future | None:
+        """Queue one unit; with wait, a future for its commit (no wait: the data plane)."""
+
+    async def write(self, ops: list) -> None:
+        """Queue a unit and wait until it is committed (management calls)."""
+
+    def submit_usage(self, record: UsageRecord, ops: list) -> None:
+        """Queue a usage record and its spend's ops for the next group commit."""
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+
+    # -- start-up reads ------------------------------------------------------
+    async def count_accounts(self) -> int: ...
+    async def load_accounts(self) -> list[dict]: ...
+    async def load_grants(self, now: float) -> list[dict]: ...
+    async def load_keys(self) -> list[dict]: ...
+    async def load_configs(self) -> tuple[dict[int, int], dict[int, dict[str, str]]]: ...
+    async def spend_since(self, day: int) -> list[tuple[int, int]]: ...
+    async def spend_by_dna_since(self, day: int) -> list[tuple[str, int]]: ...
+    async def max_ids(self) -> dict[str, int]: ...
+
+    # -- management reads ------------------------------------------------------
+    async def audit_totals(self) -> dict[str, int]: ...
+    async def usage_by_day(self, scope: Scope, first: int, end: int) -> list[tuple]: ...
+    async def usage_by_account(self, scope: Scope, first: int, end: int) -> list[tuple]: ...
+    async def usage_totals(self, account_id: int, first: int) -> tuple: ...
+    async def op_logs(
+        self, account_id: int, actions: tuple[str, ...], filters: dict, limit: int, offset: int
+    ) -> tuple[int, list[dict]]: ...
+    async def idempotency_get(self, account_id: int, key: str, since: float) -> dict | None: ...
+    async def news_ids(self, match: NewsMatch) -> list[int]: ...
+    async def news_system(self, now: float, limit: int) -> list[dict]: ...
+    async def news_for(self, account_id: int, dna: str, now: float, limit: int) -> list[dict]: ...
+    async def alerts_sent(self) -> list[tuple[int, str, str]]: ...

@@ -1,0 +1,519 @@
+"""The SQLite store: migrations, one batched writer (group commit), the named reads.
+
+Every write in the process goes through `submit`: the data plane queues and moves
+on; management calls await the commit of their unit. The in-memory state is changed
+first (atomically, on the event loop); the store is its durable log. Units are lists
+of typed ops (`store/ops.py`), rendered into SQL here and nowhere else. A raw
+`(sql, params)` tuple is accepted too, for tests and tools of this backend only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiosqlite
+
+from . import ops as o
+from .sqlite_schema import MIGRATIONS
+
+log = logging.getLogger("xaiproxy.store")
+
+GRANT_DELTA_SQL = "UPDATE grants SET remaining_n = remaining_n - ? WHERE id = ?"
+USAGE_SQL = (
+    f"INSERT INTO usage ({', '.join(o.UsageRecord._fields)})"
+    f" VALUES ({', '.join('?' * len(o.UsageRecord._fields))})"
+)
+PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; return the version now in force."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+        log.info("schema migrated to version %d", number)
+    return len(MIGRATIONS)
+
+
+class SQLiteStore:
+    def __init__(self, path: str, flush_interval: float = 0.2) -> None:
+        self.path = path
+        self.flush_interval = flush_interval
+        self._queue: list[tuple[list, asyncio.Future | None]] = []
+        # The data plane's fast lane: usage rows go in one executemany per batch and
+        # balance deltas are summed per grant, so a busy second costs a few statements.
+        self._usage: list[o.UsageRecord] = []
+        self._deltas: dict[int, int] = {}
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xaiproxy-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.closed = False
+        self.last_flush_seconds = 0.0
+        self.flushes = 0
+        self.write_errors = 0
+
+    # -- lifecycle -------------------------------------------------------
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._exec, self._open_writer)
+        self._reader = await aiosqlite.connect(self.path)
+        self._reader.row_factory = sqlite3.Row
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._task = asyncio.create_task(self._run(), name="xaiproxy-writer")
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
+        migrate(conn)
+        return conn
+
+    async def close(self) -> None:
+        """Flush everything queued, then close both connections."""
+        self.closed = self._closing = True
+        self._wake.set()
+        self._urgent.set()
+        if self._task:
+            await self._task
+        if self._reader:
+            await self._reader.close()
+        if self._conn:
+            await asyncio.get_running_loop().run_in_executor(self._exec, self._conn.close)
+        self._exec.shutdown(wait=True)
+
+    # -- writing ---------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue) + len(self._usage)
+
+    def submit_usage(self, record: o.UsageRecord, ops: list) -> None:
+        """Queue one usage record and the balance ops of its spend (no wait: group commit)."""
+        self._usage.append(record)
+        deltas = self._deltas
+        for op in ops:
+            if type(op) is o.GrantDelta:
+                deltas[op.grant_id] = deltas.get(op.grant_id, 0) + op.take_n
+            else:
+                self._queue.append((render(op), None))
+        self._wake.set()
+
+    def submit(self, ops: list, wait: bool = False) -> asyncio.Future | None:
+        """Queue one unit (applied all or nothing). With wait, return a future for its commit."""
+        if self._closing and self._task is None:
+            raise RuntimeError("store is closed")
+        # Rendered now, so an op this backend cannot write fails its caller, not a batch.
+        statements = [st for op in ops for st in render(op)]
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.append((statements, fut))
+        self._wake.set()
+        if wait:
+            self._urgent.set()
+        return fut
+
+    async def write(self, ops: list) -> None:
+        """Queue a unit and wait until it is committed (management calls)."""
+        await self.submit(ops, wait=True)
+
+    async def flush(self) -> None:
+        await self.write([])
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not (self._queue or self._usage):
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._urgent.is_set() and not self._closing:
+                # Group commit: let a short interval's worth of records gather.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
+            batch, self._queue = self._queue, []
+            usage, self._usage = self._usage, []
+            deltas, self._deltas = self._deltas, {}
+            self._urgent.clear()
+            started = time.perf_counter()
+            try:
+                errors = await loop.run_in_executor(self._exec, self._commit, batch, usage, deltas)
+            except Exception as exc:  # the whole transaction failed (disk, lock)
+                log.error("batch of %d units failed: %s", len(batch), exc)
+                errors = [exc] * len(batch)
+                self._requeue(batch, usage, deltas)
+                await asyncio.sleep(self.flush_interval)  # a failing disk is not retried hot
+            self.last_flush_seconds = time.perf_counter() - started
+            self.flushes += 1
+            # Newest first: a waiting caller undoes its memory change, so undo in reverse.
+            for (_, fut), err in reversed(list(zip(batch, errors, strict=True))):
+                if fut is not None and not fut.done():
+                    if err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(err)
+
+    def _requeue(self, batch: list, usage: list, deltas: dict[int, int]) -> None:
+        """After a failed transaction, keep what the data plane already applied in memory.
+
+        Management units are failed instead (their callers undo); at close nothing is kept.
+        """
+        if self._closing:
+            self.write_errors += len(batch) + len(usage)
+            return
+        self._queue[:0] = [(ops, None) for ops, fut in batch if fut is None]
+        self._usage[:0] = usage
+        for gid, n in deltas.items():
+            self._deltas[gid] = self._deltas.get(gid, 0) + n
+        self.write_errors += sum(1 for _, fut in batch if fut is not None)
+
+    def _commit(self, batch: list, usage: list, deltas: dict[int, int]) -> list:
+        """One transaction: every unit in its own savepoint, then the fast lane in its own.
+
+        A unit that raises anything is rolled back alone; nothing else in the batch is.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            errors = [self._unit(conn, statements) for statements, _ in batch]
+            # After the units, so a grant created in this batch exists before its deltas.
+            self._lane(conn, usage, deltas)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return errors
+
+    def _unit(self, conn: sqlite3.Connection, statements: list) -> Exception | None:
+        conn.execute("SAVEPOINT unit")
+        try:
+            for sql, params in statements:
+                conn.execute(sql, params)
+        except Exception as exc:  # OverflowError, TypeError, sqlite3.Error: this unit only
+            conn.execute("ROLLBACK TO unit")
+            conn.execute("RELEASE unit")
+            log.error("write unit rolled back: %s", exc)
+            self.write_errors += 1
+            return exc
+        conn.execute("RELEASE unit")
+        return None
+
+    def _lane(self, conn: sqlite3.Connection, usage: list, deltas: dict[int, int]) -> None:
+        """Usage rows and summed deltas in one savepoint; on failure, each row alone."""
+        if not (usage or deltas):
+            return
+        rows = [(n, gid) for gid, n in deltas.items()]
+        conn.execute("SAVEPOINT lane")
+        try:
+            conn.executemany(USAGE_SQL, usage)
+            conn.executemany(GRANT_DELTA_SQL, rows)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO lane")
+            log.error(
+                "usage batch of %d rows failed (%s); writing them one by one", len(usage), exc
+            )
+            for row in usage:
+                self._unit(conn, [(USAGE_SQL, row)])
+            for row in rows:
+                self._unit(conn, [(GRANT_DELTA_SQL, row)])
+        conn.execute("RELEASE lane")
+
+    # -- raw reads: tests and tools of this backend only ---------------------
+    async def fetchall(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence = ()) -> sqlite3.Row | None:
+        async with self._reader.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def scalar(self, sql: str, params: Sequence = ()):
+        row = await self.fetchone(sql, params)
+        return row[0] if row else None
+
+    async def _dicts(self, sql: str, params: Sequence = ()) -> list[dict]:
+        return [dict(r) for r in await self.fetchall(sql, params)]
+
+    async def _tuples(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return [tuple(r) for r in await self.fetchall(sql, params)]
+
+    # -- named reads (management and start-up; the data plane never reads) ----
+    async def count_accounts(self) -> int:
+        return await self.scalar("SELECT COUNT(*) FROM accounts")
+
+    async def load_accounts(self) -> list[dict]:
+        """Every account row, parents before children."""
+        return await self._dicts("SELECT * FROM accounts ORDER BY level, id")
+
+    async def load_grants(self, now: float) -> list[dict]:
+        """Grants still worth something (unexpired, or in debt), soonest expiry first."""
+        return await self._dicts(
+            "SELECT * FROM grants WHERE remaining_n != 0 AND (expires_at > ? OR remaining_n < 0)"
+            " ORDER BY expires_at",
+            (now,),
+        )
+
+    async def load_keys(self) -> list[dict]:
+        """Every provider key row, its secret sealed as stored."""
+        return await self._dicts("SELECT * FROM provider_keys")
+
+    async def load_configs(self) -> tuple[dict[int, int], dict[int, dict[str, str]]]:
+        """({owner: version}, {owner: {key: JSON text}})."""
+        versions = dict(await self._tuples("SELECT owner_id, version FROM config_version"))
+        values: dict[int, dict[str, str]] = {}
+        for owner_id, key, value in await self._tuples(
+            "SELECT owner_id, key, value FROM owner_config"
+        ):
+            values.setdefault(owner_id, {})[key] = value
+        return versions, values
+
+    async def spend_since(self, day: int) -> list[tuple[int, int]]:
+        """(account_id, cost_n) summed over UTC days >= day."""
+        return await self._tuples(
+            "SELECT account_id, SUM(cost_n) FROM usage_daily WHERE day >= ? GROUP BY account_id",
+            (day,),
+        )
+
+    async def spend_by_dna_since(self, day: int) -> list[tuple[str, int]]:
+        """(dna, cost_n) summed over UTC days >= day, per DNA the usage was recorded under."""
+        return await self._tuples(
+            "SELECT dna, SUM(cost_n) FROM usage_daily WHERE day >= ? GROUP BY dna", (day,)
+        )
+
+    async def max_ids(self) -> dict[str, int]:
+        """The highest id each table has ever used, including ids only referenced elsewhere."""
+        out = {}
+        for table, sources in ID_SOURCES.items():
+            found = [await self.scalar(sql) for sql in sources]
+            out[table] = max((n for n in found if n is not None), default=0)
+        return out
+
+    async def audit_totals(self) -> dict[str, int]:
+        """Base-unit totals for the money invariant (see ledger.audit)."""
+        return {name: await self.scalar(sql) for name, sql in AUDIT_SQL.items()}
+
+    async def usage_by_day(self, scope: o.Scope, first: int, end: int) -> list[tuple]:
+        """(day, model, requests, prompt, completion, cached, cost_n) for days [first, end)."""
+        where, params = scope_sql(scope)
+        return await self._tuples(
+            "SELECT day, model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),"
+            " SUM(cached_tokens), SUM(cost_n) FROM usage_daily"
+            f" WHERE {where} AND day >= ? AND day < ? GROUP BY day, model ORDER BY day, model",
+            (*params, first, end),
+        )
+
+    async def usage_by_account(self, scope: o.Scope, first: int, end: int) -> list[tuple]:
+        """(account_id, requests, cost_n) for days [first, end)."""
+        where, params = scope_sql(scope)
+        return await self._tuples(
+            "SELECT account_id, SUM(requests), SUM(cost_n) FROM usage_daily"
+            f" WHERE {where} AND day >= ? AND day < ? GROUP BY account_id",
+            (*params, first, end),
+        )
+
+    async def usage_totals(self, account_id: int, first: int) -> tuple:
+        """(requests, prompt, completion, cached, cost_n) of one account from a day on."""
+        row = await self.fetchone(
+            "SELECT COALESCE(SUM(requests), 0), SUM(prompt_tokens), SUM(completion_tokens),"
+            " SUM(cached_tokens), SUM(cost_n) FROM usage_daily WHERE account_id = ? AND day >= ?",
+            (account_id, first),
+        )
+        return tuple(row)
+
+    async def op_logs(
+        self, account_id: int, actions: tuple[str, ...], filters: dict, limit: int, offset: int
+    ) -> tuple[int, list[dict]]:
+        """(total, a page newest first) of the logs an account made, or that were made on it
+        by one of `actions`; `filters` narrows by action, target_id and status."""
+        marks = ", ".join("?" * len(actions))
+        where = [f"(operator_id = ? OR (target_id = ? AND action IN ({marks})))"]
+        params: list = [account_id, account_id, *actions]
+        for name in ("action", "target_id", "status"):
+            if name in filters:
+                where.append(f"{name} = ?")
+                params.append(filters[name])
+        cond = " AND ".join(where)
+        total = await self.scalar(f"SELECT COUNT(*) FROM op_logs WHERE {cond}", params)
+        rows = await self._dicts(
+            "SELECT id, ts, action, operator_id, target_id, details, status FROM op_logs"
+            f" WHERE {cond} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return total, rows
+
+    async def idempotency_get(self, account_id: int, key: str, since: float) -> dict | None:
+        """The record of (account, key) made after `since`: fingerprint, status, response."""
+        row = await self.fetchone(
+            "SELECT fingerprint, status, response FROM idempotency"
+            " WHERE account_id = ? AND key = ? AND created_at > ?",
+            (account_id, key, since),
+        )
+        return None if row is None else dict(row) | {"response": bytes(row["response"])}
+
+    async def news_ids(self, match: o.NewsMatch) -> list[int]:
+        if match.author_id is None:
+            where, params = "target_id IS NULL AND target_dna IS NULL", ()
+        elif match.target_dna is not None:
+            where, params = "author_id = ? AND target_dna = ?", (match.author_id, match.target_dna)
+        else:
+            where, params = "author_id = ? AND target_id = ?", (match.author_id, match.target_id)
+        return [r[0] for r in await self._tuples(f"SELECT id FROM news WHERE {where}", params)]
+
+    async def news_system(self, now: float, limit: int) -> list[dict]:
+        """Unexpired system news, newest first."""
+        return await self._dicts(
+            f"SELECT {NEWS_COLUMNS} FROM news WHERE target_id IS NULL AND target_dna IS NULL"
+            " AND expires_at > ? ORDER BY created_at DESC, id DESC LIMIT ?",
+            (now, limit),
+        )
+
+    async def news_for(self, account_id: int, dna: str, now: float, limit: int) -> list[dict]:
+        """Unexpired news for the account, or for a DNA group it is in, newest first."""
+        # A DNA group contains the reader when it is a prefix of the reader's current DNA.
+        return await self._dicts(
+            f"SELECT {NEWS_COLUMNS} FROM news WHERE expires_at > ? AND (target_id = ?"
+            " OR (target_dna IS NOT NULL AND substr(?, 1, length(target_dna)) = target_dna))"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (now, account_id, dna, limit),
+        )
+
+    async def alerts_sent(self) -> list[tuple[int, str, str]]:
+        """(account_id, kind, period) of every alert on record."""
+        return await self._tuples("SELECT account_id, kind, period FROM alerts_sent")
+
+
+ID_SOURCES = {
+    "accounts": (
+        "SELECT MAX(id) FROM accounts",
+        "SELECT MAX(account_id) FROM grants",
+        "SELECT MAX(account_id) FROM usage",  # served by usage_account_ts
+        "SELECT MAX(to_id) FROM transfers",
+    ),
+    "grants": ("SELECT MAX(id) FROM grants",),
+    "provider_keys": (
+        "SELECT MAX(id) FROM provider_keys",
+        "SELECT MAX(target_id) FROM op_logs WHERE action = 'add_key'",
+    ),
+    "news": ("SELECT MAX(id) FROM news",),
+}
+AUDIT_SQL = {
+    "minted_n": "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE from_id = 1",
+    "returned_n": "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE to_id = 1",
+    "held_n": "SELECT COALESCE(SUM(remaining_n), 0) FROM grants WHERE account_id != 1",
+    "spent_n": "SELECT COALESCE(SUM(cost_n), 0) FROM usage WHERE account_id != 1",
+    "fees_n": "SELECT COALESCE(SUM(fee_n), 0) FROM transfers",
+}
+NEWS_COLUMNS = "id, title, content, created_at, expires_at"
+
+
+def scope_sql(scope: o.Scope) -> tuple[str, tuple]:
+    if scope.account_ids is not None:
+        # One JSON parameter however many accounts a filter matched (no 999-variable limit).
+        return "account_id IN (SELECT value FROM json_each(?))", (str(sorted(scope.account_ids)),)
+    if scope.dna is not None:
+        # A DNA range (not LIKE), so an index serves it: ".1.42." -> [".1.42.", ".1.42/").
+        upper = scope.dna[:-1] + chr(ord(scope.dna[-1]) + 1)
+        return "dna >= ? AND dna < ?", (scope.dna, upper)
+    return "1", ()
+
+
+# -- rendering typed ops into SQL -----------------------------------------------
+Statement = tuple[str, Sequence]
+
+
+def _insert(table: str, row: dict, verb: str = "INSERT") -> Statement:
+    cols = ", ".join(row)
+    return f"{verb} INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
+
+
+def _fields(op) -> dict:
+    return {name: getattr(op, name) for name in op.__slots__}
+
+
+def _account_set(op: o.AccountSet) -> list[Statement]:
+    sets = ", ".join(f"{c} = ?" for c in op.fields)
+    return [(f"UPDATE accounts SET {sets} WHERE id = ?", (*op.fields.values(), op.id))]
+
+
+def _account_move(op: o.AccountMove) -> list[Statement]:
+    # Usage rows carry the DNA so billing scopes (x-bill by subtree) follow the move.
+    return [
+        (
+            "UPDATE accounts SET parent_id = ?, dna = ?, level = ? WHERE id = ?",
+            (op.parent_id, op.dna, op.level, op.id),
+        ),
+        ("UPDATE usage SET dna = ? WHERE account_id = ?", (op.dna, op.id)),
+        ("UPDATE usage_daily SET dna = ? WHERE account_id = ?", (op.dna, op.id)),
+    ]
+
+
+def _config_set(op: o.ConfigSet) -> list[Statement]:
+    out: list[Statement] = [("DELETE FROM owner_config WHERE owner_id = ?", (op.owner_id,))]
+    out += [
+        ("INSERT INTO owner_config (owner_id, key, value) VALUES (?, ?, ?)", (op.owner_id, k, v))
+        for k, v in op.values.items()
+    ]
+    out.append(
+        (
+            "INSERT OR REPLACE INTO config_version (owner_id, version) VALUES (?, ?)",
+            (op.owner_id, op.version),
+        )
+    )
+    return out
+
+
+RENDER = {
+    o.AccountPut: lambda op: [_insert("accounts", op.row)],
+    o.AccountSet: _account_set,
+    o.AccountMove: _account_move,
+    o.AccountDelete: lambda op: [("DELETE FROM accounts WHERE id = ?", (op.id,))],
+    o.GrantPut: lambda op: [_insert("grants", _fields(op))],
+    o.GrantDelta: lambda op: [(GRANT_DELTA_SQL, (op.take_n, op.grant_id))],
+    o.Transfer: lambda op: [_insert("transfers", _fields(op))],
+    o.KeyPut: lambda op: [_insert("provider_keys", op.row, "INSERT OR REPLACE")],
+    o.KeySleep: lambda op: [
+        (
+            "UPDATE provider_keys SET sleep_until = ?, sleep_reason = ? WHERE id = ?",
+            (op.until, op.reason, op.id),
+        )
+    ],
+    o.KeyDelete: lambda op: [("DELETE FROM provider_keys WHERE id = ?", (op.id,))],
+    o.ConfigSet: _config_set,
+    o.OpLog: lambda op: [_insert("op_logs", _fields(op))],
+    o.IdempotencyPut: lambda op: [_insert("idempotency", _fields(op), "INSERT OR REPLACE")],
+    o.IdempotencyPrune: lambda op: [
+        ("DELETE FROM idempotency WHERE created_at <= ?", (op.before,))
+    ],
+    o.NewsPut: lambda op: [_insert("news", _fields(op))],
+    o.NewsDelete: lambda op: [
+        ("DELETE FROM news WHERE id IN (SELECT value FROM json_each(?))", (str(list(op.ids)),))
+    ],
+    o.NewsPrune: lambda op: [("DELETE FROM news WHERE expires_at <= ?", (op.before,))],
+    o.AlertSent: lambda op: [_insert("alerts_sent", _fields(op), "INSERT OR REPLACE")],
+    o.AlertClear: lambda op: [
+        ("DELETE FROM alerts_sent WHERE account_id = ? AND kind = ?", (op.account_id, op.kind))
+    ],
+    o.UsageRecord: lambda op: [(USAGE_SQL, op)],
+}
+
+
+def render(op) -> list[Statement]:
+    """The statements of one op; a raw (sql, params) tuple is its own statement."""
+    fn = RENDER.get(type(op))
+    if fn is not None:
+        return fn(op)
+    if isinstance(op, tuple) and len(op) == 2 and isinstance(op[0], str):
+        return [op]
+    raise TypeError(f"the SQLite store cannot render {type(op).__name__}")
