@@ -11,7 +11,8 @@ import sqlite3
 from tests.helpers import start_gateway
 from tests.plugins.test_users import new_user
 from xaiproxy import ledger
-from xaiproxy.store import USAGE_COLUMNS, Store
+from xaiproxy.store.sqlite import USAGE_COLUMNS
+from xaiproxy.store.sqlite import SQLiteStore as Store
 
 NOTE = "INSERT INTO op_logs (ts, operator_id, target_id, action, details, status) VALUES (?, ?, ?, ?, ?, ?)"
 

@@ -26,9 +26,9 @@ from .sqlite_schema import MIGRATIONS
 log = logging.getLogger("xaiproxy.store")
 
 GRANT_DELTA_SQL = "UPDATE grants SET remaining_n = remaining_n - ? WHERE id = ?"
+USAGE_COLUMNS = o.UsageRecord._fields
 USAGE_SQL = (
-    f"INSERT INTO usage ({', '.join(o.UsageRecord._fields)})"
-    f" VALUES ({', '.join('?' * len(o.UsageRecord._fields))})"
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"
 )
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
 
