@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-import orjson
 from yarl import URL
 
 from xaiproxy import credentials, ssrf, vendors
 from xaiproxy.errors import ApiError
-from xaiproxy.state import KEY_COLUMNS, ProviderKey
-from xaiproxy.store import ops as o
+from xaiproxy.state import ProviderKey
 
 from ._paging import PAGING_QUERY, page
 from ._userfields import iso
@@ -122,12 +120,6 @@ def _owned(call, ident: str) -> ProviderKey:
     return key
 
 
-def _put(key: ProviderKey, box) -> o.KeyPut:
-    row = {c: getattr(key, c) for c in KEY_COLUMNS}
-    row |= {"secret": box.seal(key.secret), "status": int(key.status)}
-    return o.KeyPut(row | {"config": orjson.dumps(key.config).decode()})
-
-
 async def gkey(call):
     return call.json({"success": True, "key": credentials.generate_key()})
 
@@ -150,9 +142,8 @@ async def add_key(call):
         created_at=now,
         updated_at=now,
     )
-    gw.state.put_key(key)
     ops = [
-        _put(key, gw.box),
+        *gw.changes.put_key(key),
         gw.oplog(caller, "add_key", key.id, f"level {key.level} {key.type} {provider}"),
     ]
     cfg = gw.config(caller.id)
@@ -181,27 +172,17 @@ async def update_key(call):
         "SecretKey": "secret",
         "Config": "config",
     }
-    for field, attr in fields.items():
-        if field in body:
-            setattr(key, attr, body[field])
+    values = {attr: body[field] for field, attr in fields.items() if field in body}
     if provider:
-        key.provider = provider
-        key.type = key_type or vendors.infer(provider)  # a new host implies its vendor
+        values["provider"] = provider
+        values["type"] = key_type or vendors.infer(provider)  # a new host implies its vendor
     elif key_type:
-        key.type = key_type
-    if body.get("Status") is True:
-        key.sleep_until, key.sleep_reason = 0.0, ""  # re-enabling wakes a sleeping key
-    key.updated_at = time.time()
-    gw.state.put_key(key)
+        values["type"] = key_type
+    ops = gw.changes.update_key(key, values)
     changed = ", ".join(
         sorted(f for f in body if f != "SecretKey") + (["SecretKey"] if "SecretKey" in body else [])
     )
-    await gw.store.write(
-        [
-            _put(key, gw.box),
-            gw.oplog(call.caller, "update_key", key.id, f"changed {changed}"),
-        ]
-    )
+    await gw.store.write([*ops, gw.oplog(call.caller, "update_key", key.id, f"changed {changed}")])
     return call.json({"success": True, "Action": "update", "Key": public(key)})
 
 
@@ -229,10 +210,9 @@ async def list_keys(call):
 async def delete_key(call):
     gw = call.gw
     key = _owned(call, call.param("id"))
-    gw.state.drop_key(key.id)
     await gw.store.write(
         [
-            o.KeyDelete(key.id),
+            *gw.changes.delete_key(key),
             gw.oplog(call.caller, "delete_key", key.id, f"level {key.level} {key.provider}"),
         ]
     )

@@ -7,13 +7,11 @@ The new key is shown once in the answer; the old one fails on the very next requ
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime
 
 from xaiproxy import credentials
 from xaiproxy.errors import ApiError
 from xaiproxy.state import Account
-from xaiproxy.store import ops as o
 
 KEY_RE = re.compile(r"^sk-Xvs[A-Za-z0-9_-]{45}$")
 _confirm = {"type": "string", "maxLength": 64}
@@ -57,15 +55,10 @@ def new_key(state, given: str | None) -> str:
 
 async def rotate(gw, operator: Account, acc: Account, key: str, action: str):
     """Swap acc's key in memory (the old one stops at once), then persist with the op log row."""
-    gw.state.set_key(acc, credentials.hash_key(key), credentials.display_prefix(key))
-    acc.updated_at = now = time.time()
-    ops = [
-        o.AccountSet(
-            acc.id, {"key_hash": acc.key_hash, "key_prefix": acc.key_prefix, "updated_at": now}
-        ),
-        gw.oplog(operator, action, acc.id, f"rotated the key of {acc.name}"),
-    ]
+    ops = gw.changes.rotate(acc, key)
+    ops.append(gw.oplog(operator, action, acc.id, f"rotated the key of {acc.name}"))
     await gw.store.write(ops)
+    now = acc.updated_at
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"action": action, "id": acc.id, "name": acc.name, "key": key, "timestamp": stamp}
 

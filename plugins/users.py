@@ -13,7 +13,6 @@ import time
 from xaiproxy import credentials, idempotency, ledger
 from xaiproxy.errors import ApiError
 from xaiproxy.state import FILTER_RE, Account
-from xaiproxy.store import ops as o
 
 from . import _userfields as uf
 from ._paging import PAGING_QUERY, page
@@ -32,17 +31,6 @@ LIST_QUERY = {
     "additionalProperties": False,
 }
 NO_QUERY = {"type": "object", "additionalProperties": False}
-LIST_ATTRS = {attr for attr, _ in uf.LISTS.values()}
-
-
-def insert_op(acc: Account) -> o.AccountPut:
-    return o.AccountPut(acc.row())
-
-
-def update_op(acc: Account) -> o.AccountSet:
-    row = acc.row()
-    del row["id"]
-    return o.AccountSet(acc.id, row)
 
 
 def single(state, caller: Account, ident: str) -> Account:
@@ -103,9 +91,8 @@ def _add(gw, caller: Account, body: dict, values: dict, amount: float):
         **fields,
     )
     money_ops = gw.ledger.fund(caller, acc, amount, _days(body), caller, "initial")
-    gw.state.add_account(acc)
     details = f"created user {acc.name} ({acc.email}) with CreditGranted {amount:g}"
-    ops = [insert_op(acc), *money_ops, gw.oplog(caller, "add_user", acc.id, details)]
+    ops = [*gw.changes.create(acc), *money_ops, gw.oplog(caller, "add_user", acc.id, details)]
     shown = uf.updates(values) | {"CreditGranted": amount, "Balance": ledger.balance(acc)}
     answer = {
         "Action": "add",
@@ -147,14 +134,13 @@ def _pure_refund(body: dict) -> bool:
 def _change(gw, caller: Account, acc: Account, body: dict, values: dict, amount: float, edit):
     if not values and not amount:
         raise uf.bad("nothing to change: send the fields to update, or a non-zero CreditGranted")
-    _keep(gw.state, acc, {*values, "rates", "credit_granted", "hard_limit", "soft_limit"})
+    gw.changes.keep(acc, {*values, "rates", "credit_granted", "hard_limit", "soft_limit"})
     ops, extra = _move(gw, caller, acc, body, values, amount)
     if values:
         changed = ", ".join(sorted(uf.updates(values)))
         ops.append(gw.oplog(caller, "update_user", acc.id, f"changed {changed}"))
-    _follow_credit(acc, amount, values, edit.hard_cap(acc.rates))
-    _apply(gw.state, acc, values)
-    ops.insert(0, update_op(acc))
+    _follow_credit(acc, amount, values, edit.hard_cap(values.get("rates", acc.rates)))
+    ops[:0] = gw.changes.update(acc, values)
     user = {"ID": acc.id, "Updates": uf.updates(values) | extra}
     return {"Action": "update", "User": user, "Parent": uf.money(acc.parent)}, ops, 200
 
@@ -163,22 +149,18 @@ def _move(gw, caller: Account, acc: Account, body: dict, values: dict, amount: f
     """The recharge or refund of an update, in the account's new Rates; ([], {}) when none."""
     if not amount:
         return [], {}
-    parent, old_rates = acc.parent, acc.rates
-    acc.rates = values.get("rates", old_rates)
-    try:
-        if amount > 0:
-            ops = gw.ledger.fund(parent, acc, amount, _days(body), caller, "recharge")
-            ops.append(gw.oplog(caller, "recharge_user", acc.id, f"recharged {amount:g}"))
-            extra = {}
-        else:
-            ops, back = gw.ledger.refund(acc, parent, -amount, caller, "refund")
-            detail = f"refunded {-amount:g}; the parent received {back:g} after the fee"
-            ops.append(gw.oplog(caller, "refund_user", acc.id, detail))
-            extra = {"Refunded": back}
-    except ApiError:
-        acc.rates = old_rates
-        raise
-    return ops, extra | {"CreditGranted": amount, "Balance": ledger.balance(acc)}
+    parent, rates = acc.parent, values.get("rates", acc.rates)
+    if amount > 0:
+        ops = gw.ledger.fund(parent, acc, amount, _days(body), caller, "recharge", rates)
+        ops.append(gw.oplog(caller, "recharge_user", acc.id, f"recharged {amount:g}"))
+        extra = {}
+    else:
+        ops, back = gw.ledger.refund(acc, parent, -amount, caller, "refund", rates)
+        detail = f"refunded {-amount:g}; the parent received {back:g} after the fee"
+        ops.append(gw.oplog(caller, "refund_user", acc.id, detail))
+        extra = {"Refunded": back}
+    balance = ledger.from_n(ledger.balance_n(acc), rates)
+    return ops, extra | {"CreditGranted": amount, "Balance": balance}
 
 
 def _follow_credit(acc: Account, amount: float, values: dict, cap: float | None) -> None:
@@ -192,31 +174,6 @@ def _follow_credit(acc: Account, amount: float, values: dict, cap: float | None)
         hard = 10 * acc.credit_granted
         values["hard_limit"] = hard if cap is None else min(hard, cap)
         values["soft_limit"] = 0.8 * values["hard_limit"]
-
-
-def _keep(state, acc: Account, attrs: set[str]) -> None:
-    """Remember acc's fields that this change may set (name and email undo through rename)."""
-    old = {a: getattr(acc, a) for a in attrs - {"name", "email"}}
-    old["updated_at"] = acc.updated_at
-
-    def restore() -> None:
-        for attr, value in old.items():
-            setattr(acc, attr, value)
-        acc.compile()
-        state.relink(acc)
-
-    state.remember(restore)
-
-
-def _apply(state, acc: Account, values: dict) -> None:
-    state.rename(acc, values.get("name"), values.get("email"))
-    for attr, value in values.items():
-        setattr(acc, attr, value)
-    if values.keys() & LIST_ATTRS:
-        acc.compile()
-    if "owner" in values:
-        state.relink(acc)
-    acc.updated_at = time.time()
 
 
 # -- delete ------------------------------------------------------------------
@@ -233,15 +190,10 @@ async def delete(call):
 
 def _remove(gw, caller: Account, acc: Account):
     """Refund the balance (less reservations) to the parent, re-attach the children, drop it."""
-    state, parent = gw.state, acc.parent
+    parent = acc.parent
     ops, back = gw.ledger.leave(acc, caller)
-    moved: list[Account] = []
-    for child in list(acc.children.values()):
-        state.reparent(child, parent)
-        moved += [child, *state.subtree(child)]
-    state.remove_account(acc)
-    ops.append(o.AccountDelete(acc.id))
-    ops += [o.AccountMove(m.id, m.parent_id, m.dna, m.level) for m in moved]
+    removed, moved = gw.changes.delete(acc)
+    ops += removed
     details = f"deleted user {acc.name}; parent received {back:g}; {len(moved)} accounts moved up"
     ops.append(gw.oplog(caller, "delete_user", acc.id, details))
     user = {"ID": acc.id, "Name": acc.name, "Refunded": back, "Moved": [m.id for m in moved]}

@@ -174,3 +174,16 @@ async def test_two_gateways_in_one_process_keep_their_own_grant_ids(aiohttp_serv
     finally:
         await again.close()
         await other.close()
+
+
+def test_fund_and_refund_take_explicit_rates(tree):
+    """A recharge that comes with a Rates change is valued at the new Rates, and the
+    account's own Rates stay as they are until the change is applied."""
+    money, root, parent, child = tree
+    money.fund(root, parent, 100, None, root, "initial")
+    money.fund(parent, child, 30, None, parent, "recharge", rates=3.0)
+    assert child.rates == 1.5 and child.grants[0].amount_n == 10 * N
+    with pytest.raises(ApiError):
+        money.refund(child, parent, 31, parent, "refund", rates=3.0)  # 31 at Rates 3 > held
+    ops, back = money.refund(child, parent, 15, parent, "refund", rates=3.0)
+    assert child.rates == 1.5 and ledger.balance_n(child) == 5 * N and back == 4.8

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import orjson
 from aiohttp import web
 
-from . import credentials, forms, ledger, limits, pricing, providers, whitelists
+from . import credentials, forms, ledger, pricing, providers, whitelists
 from .context import RequestContext
 from .errors import ApiError
 from .state import Account
@@ -58,9 +58,7 @@ class Admission:
         self.map_model(ctx)
         self.check_models(acc, ctx.model)
         self.reserve(ctx)
-        ctx.limits = limits.scopes(acc, ctx.config.model_limits, ctx.model)
-        if ctx.limits:
-            limits.admit(ctx.limits)
+        ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, ctx.model)
 
     # -- 1, 2 ---------------------------------------------------------------
     def account(self, request: web.Request, key: str | None = None) -> Account:

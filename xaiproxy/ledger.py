@@ -229,9 +229,11 @@ class Ledger:
         days: float | None,
         operator: Account,
         kind: str,
+        rates: float | None = None,
     ) -> list:
-        """Give `amount` (child's units) to child; parent pays the same base worth (root mints)."""
-        amount_n = to_n(amount, child.rates)
+        """Give `amount` (in `rates` units, default child's) to child; parent pays the same
+        base worth (root mints)."""
+        amount_n = to_n(amount, child.rates if rates is None else rates)
         if amount_n <= 0:
             raise ApiError(400, "invalid_amount", "the amount must be positive")
         ops: list = []
@@ -249,21 +251,29 @@ class Ledger:
         return ops
 
     def refund(
-        self, child: Account, parent: Account, amount: float, operator: Account, kind: str
+        self,
+        child: Account,
+        parent: Account,
+        amount: float,
+        operator: Account,
+        kind: str,
+        rates: float | None = None,
     ) -> tuple[list, float]:
-        """Move `amount` (child's units) back to parent, less the fee, as a 180-day grant.
+        """Move `amount` (in `rates` units, default child's) back to parent, less the fee,
+        as a 180-day grant.
 
         Never more than the balance less what requests in flight reserved. Returns the ops
         and what the parent received, in the parent's units.
         """
         free_n = max(balance_n(child) - child.reserved_n, 0)
-        amount_n = to_n(amount, child.rates)
+        rates = child.rates if rates is None else rates
+        amount_n = to_n(amount, rates)
         if amount_n > free_n:
             raise ApiError(
                 400,
                 "insufficient_balance",
-                f"cannot refund {from_n(amount_n, child.rates):.4f}: the account holds "
-                f"{from_n(free_n, child.rates):.4f}",
+                f"cannot refund {from_n(amount_n, rates):.4f}: the account holds "
+                f"{from_n(free_n, rates):.4f}",
             )
         return self._refund_n(child, parent, amount_n, operator, kind, REFUND_FEE)
 

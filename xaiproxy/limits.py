@@ -210,3 +210,27 @@ def headers_for(scoped: list[Limits]) -> dict[str, str]:
         headers[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining())
         headers[f"x-ratelimit-reset-{kind}"] = _duration(bucket.empty_after())
     return headers
+
+
+class MemoryLimiter:
+    """`gw.limiter`: the in-process limiter, the one object the data plane asks.
+
+    A shared limiter (Redis, SPEC 12) implements the same three calls over shared
+    counters; `admit` is async so that one can do its round trip there.
+    """
+
+    async def admit(self, acc, owner_limits: dict, model: str) -> list[Limits]:
+        """The scopes this request counts against, each having taken it; 429 otherwise."""
+        scoped = scopes(acc, owner_limits, model)
+        if scoped:
+            admit(scoped)
+        return scoped
+
+    @staticmethod
+    def charge(scoped: list[Limits], tokens: int) -> None:
+        """Count the tokens a request was billed for (after its answer)."""
+        charge(scoped, tokens)
+
+    @staticmethod
+    def headers(scoped: list[Limits]) -> dict[str, str]:
+        return headers_for(scoped)

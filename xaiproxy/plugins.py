@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from . import credentials, ledger
+from . import changes, credentials, ledger, limits
 from .context import RequestContext
 from .errors import ApiError
 from .ownerconf import OwnerConfig
@@ -133,6 +133,8 @@ class Gateway:
         self.prices = prices  # shipped price table (pricing.Prices)
         self.ledger = ledger.Ledger(state)  # all money movements of this gateway
         self.hooks = Hooks()
+        self.changes = changes.Changes(self)  # the one way to change accounts and keys
+        self.limiter = limits.MemoryLimiter()  # rate limits; a shared one replaces it (SPEC 12)
         self.routes: list[RouteSpec] = []
         self.startup: list[Callable[[], Awaitable[None]]] = []
         self.shutdown: list[Callable[[], Awaitable[None]]] = []

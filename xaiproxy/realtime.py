@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import errors, ledger, limits, providers
+from . import errors, ledger, providers
 from .admission import release
 from .context import RequestContext
 from .errors import ApiError
@@ -67,7 +67,7 @@ class Realtime:
         ctx = self.relay.new_context(request)
         ctx.protocol = REALTIME
         try:
-            self.admit(ctx)
+            await self.admit(ctx)
             upstream = await self.connect(ctx)
         except ApiError as exc:
             release(ctx)
@@ -82,7 +82,7 @@ class Realtime:
             self.relay._finish(ctx, None)
 
     # -- connect ---------------------------------------------------------------------
-    def admit(self, ctx: RequestContext) -> None:
+    async def admit(self, ctx: RequestContext) -> None:
         request, adm = ctx.request, self.admission
         acc = ctx.account = adm.account(request, _subprotocol_key(request))
         ctx.config = self.gw.config(acc.owner_acc.id)
@@ -96,9 +96,7 @@ class Realtime:
         adm.check_models(acc, model)
         ctx.prompt_estimate = 1
         adm.reserve(ctx)
-        ctx.limits = limits.scopes(acc, ctx.config.model_limits, model)
-        if ctx.limits:
-            limits.admit(ctx.limits)
+        ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, model)
 
     async def connect(self, ctx: RequestContext) -> aiohttp.ClientWebSocketResponse:
         """The first OpenAI-style key on the model's level chain that accepts the socket."""

@@ -26,7 +26,6 @@ from . import (
     credentials,
     errors,
     ledger,
-    limits,
     paths,
     pricing,
     providers,
@@ -342,7 +341,7 @@ class Relay:
             headers.popall("Content-Length", None)
         headers["x-request-id"] = ctx.request_id
         if ctx.limits:
-            headers.update(limits.headers_for(ctx.limits))
+            headers.update(self.gw.limiter.headers(ctx.limits))
         return headers
 
     async def _pump(self, ctx: RequestContext, up, out: web.StreamResponse, scanner) -> bool:
@@ -407,7 +406,7 @@ class Relay:
         ledger.month_spend(acc, ctx.cost_n, current_month())
         self.gw.store.submit_usage(self._usage_row(ctx), self.gw.ledger.spend(acc, ctx.cost_n))
         if ctx.limits:
-            limits.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
+            self.gw.limiter.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
         for fn in self.hooks.on_usage:
             fn(ctx)
 

@@ -1,0 +1,112 @@
+"""The one way to change accounts and provider keys (SPEC 8): memory, caches, store ops.
+
+Each call checks nothing a plugin must decide (permissions, field rules): it applies
+a change already validated, keeps every index, matcher and cache in step, registers
+the undo with `state.remember` (so a unit that is not stored is taken back), and
+returns the typed store ops to persist in the caller's unit. Money moves through
+`gw.ledger`, which the calls here use with explicit rates.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from . import credentials
+from .state import KEY_COLUMNS, Account, ProviderKey, State
+from .store import ops as o
+
+LIST_ATTRS = {"allow_ips", "allow_models", "resources"}
+
+
+class Changes:
+    """`gw.changes`: account and key mutations bound to one gateway."""
+
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self.state: State = gw.state
+
+    # -- accounts ----------------------------------------------------------------
+    def create(self, acc: Account) -> list:
+        """Add a new account (its id from state.next_id) under its parent."""
+        self.state.add_account(acc)
+        return [o.AccountPut(acc.row())]
+
+    def keep(self, acc: Account, attrs: set[str]) -> None:
+        """Remember acc's fields a change may set, so an unstored change is taken back
+        (name and email undo through state.rename)."""
+        old = {a: getattr(acc, a) for a in attrs - {"name", "email"}}
+        old["updated_at"] = acc.updated_at
+        state = self.state
+
+        def restore() -> None:
+            for attr, value in old.items():
+                setattr(acc, attr, value)
+            acc.compile()
+            state.relink(acc)
+
+        state.remember(restore)
+
+    def update(self, acc: Account, values: dict) -> list:
+        """Set fields (attribute names), keeping lookups, matchers and the tree in step."""
+        state = self.state
+        state.rename(acc, values.get("name"), values.get("email"))
+        for attr, value in values.items():
+            setattr(acc, attr, value)
+        if values.keys() & LIST_ATTRS:
+            acc.compile()
+        if "owner" in values:
+            state.relink(acc)
+        acc.updated_at = time.time()
+        return [self.saved(acc)]
+
+    @staticmethod
+    def saved(acc: Account) -> o.AccountSet:
+        """The account's whole stored row, as an update."""
+        row = acc.row()
+        del row["id"]
+        return o.AccountSet(acc.id, row)
+
+    def delete(self, acc: Account) -> tuple[list, list[Account]]:
+        """Drop acc (its money already moved by the ledger); its children move up.
+
+        Returns the ops and every account whose place in the tree changed.
+        """
+        state, parent = self.state, acc.parent
+        moved: list[Account] = []
+        for child in list(acc.children.values()):
+            state.reparent(child, parent)
+            moved += [child, *state.subtree(child)]
+        state.remove_account(acc)
+        ops: list = [o.AccountDelete(acc.id)]
+        ops += [o.AccountMove(m.id, m.parent_id, m.dna, m.level) for m in moved]
+        return ops, moved
+
+    def rotate(self, acc: Account, key: str) -> list:
+        """Give acc a new client key; the old one stops at once."""
+        self.state.set_key(acc, credentials.hash_key(key), credentials.display_prefix(key))
+        acc.updated_at = now = time.time()
+        fields = {"key_hash": acc.key_hash, "key_prefix": acc.key_prefix, "updated_at": now}
+        return [o.AccountSet(acc.id, fields)]
+
+    # -- provider keys -------------------------------------------------------------
+    def put_key(self, key: ProviderKey) -> list:
+        """Add or replace a provider key; routing's pools follow (keys_version)."""
+        self.state.put_key(key)
+        row = {c: getattr(key, c) for c in KEY_COLUMNS}
+        row |= {"secret": self.gw.box.seal(key.secret), "status": int(key.status)}
+        return [o.KeyPut(row | {"config": orjson.dumps(key.config).decode()})]
+
+    def update_key(self, key: ProviderKey, values: dict) -> list:
+        """Set a key's fields (attribute names); re-enabling wakes a sleeping key."""
+        for attr, value in values.items():
+            setattr(key, attr, value)
+        if values.get("status") is True:
+            key.sleep_until, key.sleep_reason = 0.0, ""
+        key.updated_at = time.time()
+        return self.put_key(key)
+
+    def delete_key(self, key: ProviderKey) -> list:
+        self.state.drop_key(key.id)
+        return [o.KeyDelete(key.id)]
