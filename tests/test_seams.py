@@ -24,6 +24,7 @@ PLUGIN_INTERFACE = {
     "xaiproxy.whitelists",  # list edit rules
     "xaiproxy.ssrf",  # the one SSRF rule, for provider URLs at add time
     "xaiproxy.idempotency",  # the Idempotency-Key guard for money movements
+    "xaiproxy.vendors",  # the vendor types a provider key may have (SPEC 13)
 }
 
 
