@@ -9,7 +9,7 @@ from tests.fakes import add_key, add_user, set_config
 from tests.helpers import start_gateway
 from tests.vendor_fakes import AzureFake, GeminiFake
 from xaiproxy import vendors
-from xaiproxy.migrations import MIGRATIONS
+from xaiproxy.store.sqlite_schema import MIGRATIONS
 
 pytest_plugins = ["tests.fakes_fixtures", "tests.vendor_fixtures"]
 SECRET = "sk-vendor-" + "v" * 30
