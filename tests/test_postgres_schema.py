@@ -9,9 +9,9 @@ import sqlite3
 import asyncpg
 import pytest
 
-from xaiproxy import postgres_schema as pg
-from xaiproxy.migrations import MIGRATIONS as SQLITE_MIGRATIONS
-from xaiproxy.store import USAGE_COLUMNS
+from xaiproxy.store import postgres_schema as pg
+from xaiproxy.store.sqlite import USAGE_COLUMNS
+from xaiproxy.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 
 # SQLite declared type -> the PostgreSQL types that hold it without loss.
 COMPATIBLE = {

@@ -18,7 +18,9 @@ fails while a SQLite column has no PostgreSQL twin.
 
 from __future__ import annotations
 
-from .store import USAGE_COLUMNS
+from .ops import UsageRecord
+
+USAGE_COLUMNS = UsageRecord._fields
 
 MIGRATIONS: list[str] = [
     # 1: SQLite migrations 1-4 as one
