@@ -12,6 +12,7 @@ from . import accesslog, boot, console, errors, metrics, openapi, plugins, prici
 from . import store as stores
 from .errors import ApiError
 from .plugins import Gateway
+from .pool import Pool
 from .state import State
 
 log = logging.getLogger("xaiproxy")
@@ -66,11 +67,13 @@ def _lifecycle(gw: Gateway):
         gw.session = _upstream_session(gw.settings, gw.resolver)
         # Its own pool too: a connection made for an unrestricted key is never reused here.
         gw.checked_session = _upstream_session(gw.settings, ssrf.CheckedResolver(gw.resolver))
+        gw.upstream = Pool(gw.settings, resolver=gw.resolver)
         for fn in gw.startup:
             await fn()
         yield
         for fn in gw.shutdown:
             await fn()
+        await gw.upstream.close()
         await gw.session.close()
         await gw.checked_session.close()
         await gw.store.close()

@@ -140,9 +140,10 @@ class Gateway:
         self.shutdown: list[Callable[[], Awaitable[None]]] = []
         self.plugins: list[str] = []
         self.app: web.Application | None = None
-        self.session = None  # the one upstream aiohttp.ClientSession, set at start
+        self.session = None  # aiohttp.ClientSession for calls off the data plane, set at start
         self.checked_session = None  # the same for keys under the SSRF rule (ssrf.py)
-        self.resolver = None  # DNS under both sessions (None: the system's); tests inject one
+        self.upstream = None  # the data plane's pool (pool.Pool), set at start
+        self.resolver = None  # DNS under the sessions and the pool (None: system); tests set one
         self.box = credentials.SecretBox(settings.secret_key)  # provider keys at rest
         self.draining = False
         self.streams_open = 0  # data-plane responses being relayed right now (relay.py)

@@ -16,7 +16,6 @@ import itertools
 import secrets
 import time
 
-import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
@@ -40,9 +39,13 @@ from .plugins import REQUEST_CTX
 from .probes import Prober
 from .routing import Refused, Router
 from .store.ops import UsageRecord
+from .upstream import ClientGone, UpstreamError, UpstreamTimeout
 
 RETRY_STATUSES = frozenset((401, 403, 429))  # and every 5xx
 ERROR_BODY_CAP = 256 * 1024  # what we keep of a failed attempt's answer to pass on
+# Response headers are filtered on the parser's bytes, decoded only when kept.
+DROP_RESPONSE = frozenset(n.encode() for n in providers.DROP_RESPONSE) | {b"content-length"}
+DROP_RESPONSE_PREFIXES = tuple(p.encode() for p in providers.DROP_RESPONSE_PREFIXES)
 
 
 class Relay:
@@ -181,34 +184,43 @@ class Relay:
         return self._all_failed(ctx, last, owner_id)
 
     async def _attempt(self, ctx: RequestContext, key):
-        """One upstream request until its headers: (response, status) or (None, failure)."""
+        """One upstream request until its headers: (answer, status) or (None, failure).
+
+        The pool resolves the provider once and applies the SSRF rule to the address it
+        connects to; a reused connection that dies before any answer byte is a connect error.
+        """
         request = ctx.request
         try:
             self.router.guard(key)
-            url = self.router.url(key, ctx.target)
             plan = ctx.plan = vendors.plan(
                 ctx, key, self.router.base(key), self.settings.default_max_tokens
             )
         except ValueError:  # a stored provider URL yarl cannot read: this key cannot serve
             return None, "bad_provider"
-        try:
-            async with asyncio.timeout(self.settings.upstream_headers_timeout):
-                resp = await self.router.session(key).request(
-                    request.method,
-                    plan.url if plan else url,
-                    data=plan.body if plan else ctx.body or None,
-                    headers=self._headers(ctx, key),
-                    allow_redirects=False,
-                )
-        except TimeoutError:
-            return None, "timeout"
         except Refused:
             return None, "refused"
-        except aiohttp.ClientConnectorError as exc:
-            return None, "refused" if isinstance(exc.os_error, Refused) else "connect_error"
-        except (aiohttp.ClientError, OSError):
+        if plan is None:
+            base, target, body = self.router.base(key), ctx.target, ctx.body
+        else:  # the vendor's own URL (an Azure deployment and query, Gemini's prefix…)
+            base, target, body = str(plan.url.origin()), plan.url.raw_path_qs, plan.body
+        try:
+            up = await self.gw.upstream.request(
+                base,
+                request.method,
+                target,
+                self._headers(ctx, key),
+                body or b"",
+                self.router.guarded(key),
+            )
+        except ValueError:  # a provider URL the pool cannot read (a port out of range…)
+            return None, "bad_provider"
+        except Refused:
+            return None, "refused"
+        except UpstreamTimeout:
+            return None, "timeout"
+        except UpstreamError:
             return None, "connect_error"
-        return resp, resp.status
+        return up, up.status
 
     def _headers(self, ctx: RequestContext, key) -> CIMultiDict:
         """Client headers from the allowlist (never one its Connection header names), then auth."""
@@ -240,25 +252,24 @@ class Relay:
 
     async def _failed(self, ctx: RequestContext, key, resp) -> tuple[int, str, bytes]:
         """Read (bounded) and close a failed answer; rest the key on 429, probe it on 401/403."""
-        body = await self._error_body(key, resp)
-        if resp.status == 429:
-            self.router.sleep(
-                key, _retry_after(resp) or self.settings.key_sleep_429, "rate_limited"
-            )
-        elif resp.status in (401, 403):
+        status, ctype = resp.status, resp.header(b"content-type") or "application/json"
+        retry = _retry_after(resp)
+        body = await self._error_body(key, resp)  # releases `resp`: its head is read above
+        if status == 429:
+            self.router.sleep(key, retry or self.settings.key_sleep_429, "rate_limited")
+        elif status in (401, 403):
             self.prober.schedule(key, ctx.protocol)  # the key sleeps only if the probe fails
-        return resp.status, resp.headers.get("Content-Type", "application/json"), body
+        return status, ctype, body
 
     async def _error_body(self, key, resp) -> bytes:
-        """An upstream error answer (bounded, then closed), scrubbed of the provider key."""
-        body = b""
+        """An upstream error answer (bounded, then released), scrubbed of the provider key.
+
+        The connection's own idle timer bounds the wait; a broken answer gives what came.
+        """
         try:
-            async with asyncio.timeout(self.settings.upstream_idle_timeout):
-                body = await resp.content.read(ERROR_BODY_CAP)
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            pass
+            body = await resp.read(ERROR_BODY_CAP)
         finally:
-            resp.close()
+            resp.release()
         return credentials.scrub(body, key.secret)
 
     def _all_failed(self, ctx: RequestContext, last, owner_id: int) -> web.Response:
@@ -292,27 +303,28 @@ class Relay:
         )
 
     # -- stream --------------------------------------------------------------------
-    async def relay(self, ctx: RequestContext, up: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def relay(self, ctx: RequestContext, up) -> web.StreamResponse:
         """Copy the upstream answer to the client as it arrives; bill it if it succeeded."""
         ctx.status = up.status
-        if up.status >= 400:  # an error answer, passed on whole once the key is scrubbed out
-            headers = self._response_headers(ctx, up, None)
-            headers.popall("Content-Length", None)
+        headers = self._response_headers(ctx, up)
+        if (status := up.status) >= 400:  # an error answer, passed on whole once scrubbed
             body = await self._error_body(ctx.key, up)
             if ctx.plan is not None and ctx.plan.answer is not None:
-                body = ctx.plan.answer.error(up.status, body)  # in the client's protocol's shape
-            return web.Response(status=up.status, body=body, headers=headers)
+                body = ctx.plan.answer.error(status, body)  # in the client's protocol's shape
+            return web.Response(status=status, body=body, headers=headers)
         if ctx.plan is not None and ctx.plan.answer is not None:
-            scanner = self._translated(ctx, up, True)
+            scanner = self._translated(ctx, up)
         else:
-            ctype = up.headers.get("Content-Type", "")
+            ctype = up.header(b"content-type") or ""
             scanner = sse.scanner_for(ctype, ctx.protocol.usage, ctx.strip_usage)
-        out = web.StreamResponse(status=up.status, headers=self._response_headers(ctx, up, scanner))
+        if up.complete and not isinstance(getattr(scanner, "inner", scanner), sse.StreamScanner):
+            return self._whole(ctx, up, scanner, headers)
+        out = web.StreamResponse(status=up.status, headers=headers)
         self.gw.streams_open += 1
         complete = False
         try:
             await out.prepare(ctx.request)
-            complete = await self._pump(ctx, up, out, scanner)
+            complete = await self._pump(ctx, up, scanner)
         except asyncio.CancelledError:
             up.close()  # the client went away: stop the upstream at once
             ctx.error = ctx.error or "client_closed"
@@ -323,65 +335,85 @@ class Relay:
         return out
 
     @staticmethod
-    def _translated(ctx: RequestContext, up, billable: bool):
+    def _translated(ctx: RequestContext, up):
         """The attempt went to a key of the other protocol: scan its bytes, translate them."""
-        ctype = up.headers.get("Content-Type", "")
-        usage = ctx.plan.upstream.usage
-        inner = sse.scanner_for(ctype, usage, False) if billable else sse.NullScanner()
+        ctype = up.header(b"content-type") or ""
+        inner = sse.scanner_for(ctype, ctx.plan.upstream.usage, False)
         return ctx.plan.answer.wrap(inner, ctype, up.status)
 
-    def _response_headers(self, ctx: RequestContext, up, scanner) -> CIMultiDict:
-        drop, prefixes = providers.DROP_RESPONSE, providers.DROP_RESPONSE_PREFIXES
-        headers = CIMultiDict(
-            (k, v)
-            for k, v in up.headers.items()
-            if (low := k.lower()) not in drop and not low.startswith(prefixes)
-        )
-        if ctx.strip_usage or ctx.plan is not None and ctx.plan.answer is not None:
-            headers.popall("Content-Length", None)
+    def _whole(self, ctx: RequestContext, up, scanner, headers) -> web.Response:
+        """A plain answer that is already all here: one Response, one write."""
+        raw, status, complete = up.body_so_far(), up.status, up.error is None
+        up.release()
+        body = scanner.feed(raw) + scanner.finish()  # as is, or translated
+        ctx.ttfb = time.perf_counter() - ctx.started
+        self.settle(ctx, scanner, complete)
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _response_headers(self, ctx: RequestContext, up) -> CIMultiDict:
+        """The upstream's headers minus hop-by-hop, the provider's ids and limits and
+        Content-Length (aiohttp frames the answer itself: scanned SSE, a translated or a
+        scrubbed answer may change length)."""
+        headers = CIMultiDict()
+        add = headers.add
+        for name, value in up.raw_headers:
+            low = name.lower()
+            if low not in DROP_RESPONSE and not low.startswith(DROP_RESPONSE_PREFIXES):
+                add(name.decode("latin-1"), value.decode("latin-1"))
         headers["x-request-id"] = ctx.request_id
         if ctx.limits:
             headers.update(self.gw.limiter.headers(ctx.limits))
         return headers
 
-    async def _pump(self, ctx: RequestContext, up, out: web.StreamResponse, scanner) -> bool:
-        """Relay chunks; True when the upstream ended cleanly. Ends a broken SSE with an error event."""
-        idle = self.settings.upstream_idle_timeout
-        slack = idle / 8  # re-arm at most this often: it fires after 7/8 to 1 x idle of silence
-        clock = asyncio.get_running_loop().time
-        feed = scanner.feed
+    async def _pump(self, ctx: RequestContext, up, scanner) -> bool:
+        """Relay the answer from the upstream connection's callbacks straight to the client's
+        transport; True when it ended cleanly. Only a full client transport wakes this
+        coroutine before the end: it pauses the upstream, waits for the drain, resumes."""
+        sink = _Sink(ctx)
+        feed, write = scanner.feed, sink.write
+
+        def on_data(piece: bytes) -> None:
+            data = feed(piece)
+            if data and write(data):
+                up.pause()
+
         try:
-            async with asyncio.timeout(idle) as timer:
-                armed = clock()
-                async for chunk in up.content.iter_any():
-                    data = feed(chunk)
-                    if data and not await _write(ctx, out, data):
-                        up.close()
-                        return False
-                    now = clock()
-                    if now - armed > slack:
-                        timer.reschedule(now + idle)
-                        armed = now
+            up.stream(on_data)
+            while not await up.wait():
+                await ctx.request.writer.drain()
+                up.resume()
             tail = scanner.finish()
-            return not tail or await _write(ctx, out, tail)
-        except TimeoutError:
+            if tail:
+                write(tail)
+            up.release()
+            return True
+        except (ClientGone, ConnectionResetError):
             up.close()
-            await self._broken(ctx, out, scanner, 504, "upstream_timeout", "the upstream stalled")
-        except (aiohttp.ClientError, OSError):
-            up.close()
-            await self._broken(
-                ctx, out, scanner, 502, "upstream_broken", "the upstream connection broke"
+            ctx.error = "client_closed"
+        except UpstreamTimeout:
+            self._broken(ctx, sink, scanner, 504, "upstream_timeout", "the upstream stalled")
+        except UpstreamError:
+            self._broken(
+                ctx, sink, scanner, 502, "upstream_broken", "the upstream connection broke"
             )
+        finally:
+            sink.done()
         return False
 
-    async def _broken(self, ctx, out, scanner, status: int, code: str, what: str) -> None:
-        """After the first byte there is no retry: end the stream with an error event."""
+    def _broken(self, ctx, sink, scanner, status: int, code: str, what: str) -> None:
+        """After the first byte there is no retry: end the stream with one error event.
+
+        The scanner passes only whole events, so the event always starts on a fresh line.
+        """
         ctx.error = code
         if isinstance(getattr(scanner, "inner", scanner), sse.StreamScanner):
             event = ctx.protocol.error_event(
                 status, code, f"{what} mid-answer; the answer is incomplete"
             )
-            await _write(ctx, out, event)
+            try:
+                sink.write(event)
+            except ClientGone:
+                ctx.error = "client_closed"
         elif ctx.request.transport is not None:
             ctx.request.transport.close()  # a cut JSON body must not look complete
 
@@ -455,16 +487,31 @@ class Relay:
             self._finish(ctx, None)
 
 
-async def _write(ctx: RequestContext, out: web.StreamResponse, data: bytes) -> bool:
-    """Write to the client; False when it has gone (then we stop and bill what it got)."""
-    try:
-        await out.write(data)
-    except ConnectionResetError:
-        ctx.error = "client_closed"
-        return False
-    if not ctx.ttfb:
-        ctx.ttfb = time.perf_counter() - ctx.started
-    return True
+class _Sink:
+    """Writes answer bytes to the client's transport, in aiohttp's framing (chunked or not)."""
+
+    __slots__ = ("ctx", "transport", "chunked", "high", "sent")
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.transport = ctx.request.transport
+        self.chunked = ctx.request.writer.chunked
+        self.high = self.transport.get_write_buffer_limits()[1] if self.transport else 0
+        self.sent = 0
+
+    def write(self, data: bytes) -> bool:
+        """Send; True when the client's transport is full (pause the upstream)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone()
+        if not self.sent:
+            self.ctx.ttfb = time.perf_counter() - self.ctx.started
+        self.sent += len(data)
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        return transport.get_write_buffer_size() > self.high
+
+    def done(self) -> None:
+        self.ctx.request.writer.output_size += self.sent  # for the access log's byte count
 
 
 def _tokens(ctx: RequestContext, scanner, complete: bool) -> None:
@@ -482,7 +529,7 @@ def _tokens(ctx: RequestContext, scanner, complete: bool) -> None:
 
 def _retry_after(resp) -> float:
     try:
-        return min(max(float(resp.headers.get("Retry-After", "")), 0.0), 3600.0)
+        return min(max(float(resp.header(b"retry-after") or ""), 0.0), 3600.0)
     except ValueError:
         return 0.0
 

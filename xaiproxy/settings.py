@@ -42,6 +42,8 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     upstream_headers_timeout: float = 300.0
     upstream_idle_timeout: float = 120.0
+    upstream_proxy: str = ""  # http://[user:pass@]host:port: data-plane egress via CONNECT
+    upstream_ca_file: str = ""  # extra CA bundle for providers with a private CA
     max_attempts: int = 4
     key_sleep_429: float = 30.0
     key_sleep_auth: float = 600.0

@@ -19,6 +19,7 @@ from .providers import UsageFields
 USAGE_RE = re.compile(rb'"usage"\s*:\s*\{')
 EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 BODY_WINDOW = 64 * 1024  # a JSON answer's usage sits at its end
+HOLD_CAP = 1024 * 1024  # a partial event held back longer than this goes out as it is
 
 
 def _last_boundary(data: bytes) -> int:
@@ -54,7 +55,12 @@ def find_usage(obj, containers: tuple[str, ...]) -> dict | None:
 
 
 class StreamScanner:
-    """Scans an SSE stream. With `strip`, cuts OpenAI's usage-only chunk from what it returns."""
+    """Scans an SSE stream. With `strip`, cuts OpenAI's usage-only chunk from what it returns.
+
+    It passes on whole events only, holding back a partial one until its end arrives: a
+    stream cut mid-event then ends with the error event on a fresh line, never glued to
+    half an event the client cannot parse.
+    """
 
     __slots__ = ("fields", "strip", "usage", "events", "size", "_tail")
 
@@ -70,21 +76,29 @@ class StreamScanner:
         """Take one upstream chunk; return the bytes the client should get now."""
         data = self._tail + chunk if self._tail else chunk
         end = _last_boundary(data)
-        complete, self._tail = data[:end], data[end:]
+        if end == len(data):
+            complete, self._tail = data, b""
+        elif len(data) - end > HOLD_CAP:
+            complete, self._tail = data, b""  # no event boundary in sight: not SSE as we know it
+        else:
+            complete, self._tail = data[:end], data[end:]
         if complete and USAGE_RE.search(complete):
             complete = self._scan(complete)
-        out = complete if self.strip else chunk
+        out = complete
         self.events += out.count(b"data:")
         self.size += len(out)
         return out
 
     def finish(self) -> bytes:
-        """The stream ended: scan an unterminated last event; with strip, it goes out now."""
+        """The stream ended cleanly: scan an unterminated last event; it goes out now."""
         tail, self._tail = self._tail, b""
         if tail and USAGE_RE.search(tail):
             scanned = self._scan(tail + b"\n\n")
             tail = scanned[:-2] if scanned else b""
-        return tail if self.strip else b""
+        if tail:
+            self.events += tail.count(b"data:")
+            self.size += len(tail)
+        return tail
 
     def _scan(self, block: bytes) -> bytes:
         """Record usage found in the events of `block`; return it without a cut usage chunk.
