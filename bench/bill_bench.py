@@ -25,6 +25,8 @@ import uvloop
 from targets import Ctx, MockTarget, Skip
 from xai import XaiproxyTarget, call
 
+from xaiproxy.store.sqlite import DAILY_REBUILD_SQL
+
 MODELS = ["gpt-4o-mini", "gpt-4o", "claude-3-5-haiku-latest", "claude-sonnet-4-0", "o3-mini"]
 PRICES = {
     m: p
@@ -204,10 +206,23 @@ def fill_usage(db: Path, rows: int, ids: list) -> str:
         conn.executemany(
             sql, (tuple(f(row) for f in funcs) for row in semantic_rows(rows, accounts))
         )
+    rebuild_rollup(conn)
     conn.close()
     return f"accounts {list(accounts)}; filled columns: {', '.join(names)}" + (
         "" if sample_row else " (no sample row: guessed formats)"
     )
+
+
+def rebuild_rollup(conn: sqlite3.Connection) -> None:
+    """Rows written here bypass the gateway's writer, which keeps usage_daily: rebuild it."""
+    has = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'usage_daily'").fetchone()
+    trigger = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'usage_rollup'"
+    ).fetchone()
+    if has and not trigger:
+        with conn:
+            conn.execute("DELETE FROM usage_daily")
+            conn.execute(DAILY_REBUILD_SQL)
 
 
 async def prepare(ctx: Ctx, db: Path) -> tuple[str, list, list]:

@@ -11,6 +11,7 @@ import sqlite3
 from tests.helpers import start_gateway
 from tests.plugins.test_users import new_user
 from xaiproxy import ledger
+from xaiproxy.store import UsageRecord
 from xaiproxy.store.sqlite import USAGE_COLUMNS
 from xaiproxy.store.sqlite import SQLiteStore as Store
 
@@ -21,11 +22,11 @@ def note(text: str, target: int = 0) -> tuple:
     return (NOTE, (0.0, 1, target, "test", text, "success"))
 
 
-def usage_row(request_id: str, tokens: int) -> tuple:
+def usage_row(request_id: str, tokens: int) -> UsageRecord:
     values = dict.fromkeys(USAGE_COLUMNS, 0)
     values |= {"dna": ".1.", "model": "m", "upstream_model": "m", "path": "/v1/x"}
     values |= {"request_id": request_id, "prompt_tokens": tokens, "status": 200}
-    return tuple(values[c] for c in USAGE_COLUMNS)
+    return UsageRecord._make(values[c] for c in USAGE_COLUMNS)
 
 
 async def test_one_failing_unit_rolls_back_alone(tmp_path):

@@ -3,11 +3,8 @@
 from datetime import UTC, datetime
 
 from xaiproxy.ledger import NANO
-
-USAGE_SQL = (
-    "INSERT INTO usage (ts, account_id, owner_id, dna, model, upstream_model, prompt_tokens,"
-    " completion_tokens, cached_tokens, cost, cost_n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+from xaiproxy.store import UsageRecord
+from xaiproxy.store.sqlite import USAGE_COLUMNS
 
 
 async def new_user(api, name: str, credit: float = 100, key: str | None = None, **fields):
@@ -21,13 +18,28 @@ async def new_user(api, name: str, credit: float = 100, key: str | None = None, 
 def usage_row(api, account_id, ts, model="gpt-4o", prompt=100, completion=20, cached=0, base=0.01):
     """One usage record as the data plane writes it; `base` is the cost in base worth (USD)."""
     acc = api.gw.state.accounts[account_id]
-    cost_n = round(base * NANO)
-    values = (ts, acc.id, acc.owner_acc.id, acc.dna, model, model, prompt, completion, cached)
-    return USAGE_SQL, (*values, base * acc.rates, cost_n)
+    values = {
+        "ts": ts,
+        "account_id": acc.id,
+        "owner_id": acc.owner_acc.id,
+        "dna": acc.dna,
+        "model": model,
+        "upstream_model": model,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "cached_tokens": cached,
+        "cost": base * acc.rates,
+        "cost_n": round(base * NANO),
+    }
+    blank = {"path": "", "request_id": ""}
+    return UsageRecord._make(values.get(c, blank.get(c, 0)) for c in USAGE_COLUMNS)
 
 
 async def add_usage(api, rows):
-    await api.gw.store.write([usage_row(api, *r[:2], **(r[2] if len(r) > 2 else {})) for r in rows])
+    """Through the writer's usage lane, which also keeps the usage_daily rollup."""
+    for r in rows:
+        api.gw.store.submit_usage(usage_row(api, *r[:2], **(r[2] if len(r) > 2 else {})), [])
+    await api.gw.store.flush()
 
 
 def midnight(text: str) -> float:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +29,22 @@ GRANT_DELTA_SQL = "UPDATE grants SET remaining_n = remaining_n - ? WHERE id = ?"
 USAGE_COLUMNS = o.UsageRecord._fields
 USAGE_SQL = (
     f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"
+)
+# The daily rollup, folded per batch in memory: one upsert per (day, account, model).
+DAILY_SQL = (
+    "INSERT INTO usage_daily VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (day, account_id, model) DO UPDATE SET"
+    " requests = requests + excluded.requests,"
+    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " completion_tokens = completion_tokens + excluded.completion_tokens,"
+    " cached_tokens = cached_tokens + excluded.cached_tokens,"
+    " cost_n = cost_n + excluded.cost_n, dna = excluded.dna"
+)
+# Rebuilds the rollup from raw rows (for rows written around the writer, as benchmarks do).
+DAILY_REBUILD_SQL = (
+    "INSERT INTO usage_daily SELECT CAST(ts / 86400 AS INTEGER), account_id, model, MAX(dna),"
+    " COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(cost_n)"
+    " FROM usage GROUP BY 1, 2, 3"
 )
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
 
@@ -196,7 +212,7 @@ class SQLiteStore:
             raise
         return errors
 
-    def _unit(self, conn: sqlite3.Connection, statements: list) -> Exception | None:
+    def _unit(self, conn: sqlite3.Connection, statements: Iterable) -> Exception | None:
         conn.execute("SAVEPOINT unit")
         try:
             for sql, params in statements:
@@ -211,13 +227,15 @@ class SQLiteStore:
         return None
 
     def _lane(self, conn: sqlite3.Connection, usage: list, deltas: dict[int, int]) -> None:
-        """Usage rows and summed deltas in one savepoint; on failure, each row alone."""
+        """Usage rows, their usage_daily fold and summed deltas in one savepoint; on
+        failure, each row alone (with its own fold)."""
         if not (usage or deltas):
             return
         rows = [(n, gid) for gid, n in deltas.items()]
         conn.execute("SAVEPOINT lane")
         try:
             conn.executemany(USAGE_SQL, usage)
+            conn.executemany(DAILY_SQL, daily_rollup(usage))
             conn.executemany(GRANT_DELTA_SQL, rows)
         except Exception as exc:
             conn.execute("ROLLBACK TO lane")
@@ -225,7 +243,7 @@ class SQLiteStore:
                 "usage batch of %d rows failed (%s); writing them one by one", len(usage), exc
             )
             for row in usage:
-                self._unit(conn, [(USAGE_SQL, row)])
+                self._unit(conn, _row_ops(row))
             for row in rows:
                 self._unit(conn, [(GRANT_DELTA_SQL, row)])
         conn.execute("RELEASE lane")
@@ -436,6 +454,38 @@ Statement = tuple[str, Sequence]
 def _insert(table: str, row: dict, verb: str = "INSERT") -> Statement:
     cols = ", ".join(row)
     return f"{verb} INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
+
+
+def _row_ops(row: o.UsageRecord):
+    """One usage row and its fold, built lazily so anything they raise stays in the unit."""
+    yield USAGE_SQL, row
+    for daily in daily_rollup([row]):
+        yield DAILY_SQL, daily
+
+
+def daily_rollup(usage: list[o.UsageRecord]) -> list[tuple]:
+    """Usage rows summed per (day, account, model): the batch's usage_daily upserts."""
+    groups: dict[tuple, list] = {}
+    for r in usage:
+        key = (int(r.ts // 86400), r.account_id, r.model)
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [
+                r.dna,
+                1,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cached_tokens,
+                r.cost_n,
+            ]
+        else:
+            g[0] = r.dna
+            g[1] += 1
+            g[2] += r.prompt_tokens
+            g[3] += r.completion_tokens
+            g[4] += r.cached_tokens
+            g[5] += r.cost_n
+    return [(*key, *g) for key, g in groups.items()]
 
 
 def _fields(op) -> dict:

@@ -214,3 +214,11 @@ MIGRATIONS.append(
     ALTER TABLE provider_keys ADD COLUMN type TEXT NOT NULL DEFAULT '';
     """
 )
+
+# 5: the writer folds each batch's usage into usage_daily itself (one upsert per day,
+# account and model), cheaper than this trigger's upsert per row.
+MIGRATIONS.append(
+    """
+    DROP TRIGGER IF EXISTS usage_rollup;
+    """
+)
