@@ -8,11 +8,11 @@ import gc
 import logging
 import sys
 
-from . import __version__, admin
+from . import __version__, admin, speedups
 from . import settings as settings_mod
 
 
-def _banner(settings, root_key: str | None) -> str:
+def _banner(settings, root_key: str | None, speed: str = "") -> str:
     url = f"http://{settings.host}:{settings.port}"
     lines = [
         f"xaiproxy {__version__} listening on {url}",
@@ -23,6 +23,8 @@ def _banner(settings, root_key: str | None) -> str:
             f"  redis: {settings_mod.mask_url(settings.redis)}"
             " (not used yet: it serves the PostgreSQL store, coming)"
         )
+    if speed:
+        lines.append(speed)
     if root_key:
         lines += [
             "",
@@ -62,7 +64,8 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
 
     async def announce(app: web.Application) -> None:
-        print(_banner(settings, app[GATEWAY].new_root_key), flush=True)
+        speed = speedups.banner_line(speedups.check(asyncio.get_running_loop()))
+        print(_banner(settings, app[GATEWAY].new_root_key, speed), flush=True)
         # Long-lived state is loaded: keep it out of every collection, and collect
         # the young generation less often (requests allocate many short-lived objects).
         gc.collect()
