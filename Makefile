@@ -56,6 +56,7 @@ console-shots: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	@if command -v wrk >/dev/null; then bench/wrk_cpu.sh; else echo "wrk not installed: no wrk CPU table"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

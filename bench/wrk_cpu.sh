@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# CPU per request under wrk (a C client), the way issue 10's floor table was measured:
+#   bench/wrk_cpu.sh [runs] [seconds]        (defaults 3 runs of 5 s per row)
+# Starts bench/mock_upstream.py (20 chunks of 8 bytes, no delay) and a gateway on a fresh
+# database with a funded user (auth, limits, reservation, billing, metrics, access log on),
+# then runs wrk -t1 -c50: plain and 20-chunk stream through the gateway, and plain at the
+# mock alone. Reads utime+stime from /proc for each process; prints the medians per row
+# and the gateway/mock ratio, which cancels most of a shared machine's drift.
+# XAI_PY=/path/to/python runs the gateway with another interpreter; XAI_SRC=/other/checkout
+# runs that checkout's gateway (A/B of two commits with the same mock and wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+secs=${2:-5}
+py=$PWD/.venv/bin/python
+gwpy=${XAI_PY:-$py}
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"; exit 2; }
+tmp=$(mktemp -d)
+root="sk-Xvs$(printf 'r%.0s' $(seq 45))"
+free_port() { $py -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+mport=$(free_port)
+gport=$(free_port)
+$py bench/mock_upstream.py --port "$mport" --chunks 20 --chunk-size 8 >"$tmp/mock.log" 2>&1 &
+mpid=$!
+(cd "${XAI_SRC:-.}" && XAI_ROOT_KEY=$root XAI_ALLOW_PRIVATE_PROVIDERS=1 \
+  XAI_ACCESS_LOG="$tmp/access.log" PYTHONPATH="${XAI_SRC:-}" \
+  exec "$gwpy" -m xaiproxy serve --host 127.0.0.1 --port "$gport" --db "$tmp/x.db") >"$tmp/gw.log" 2>&1 &
+gpid=$!
+trap 'kill $mpid $gpid 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 100); do curl -sf "127.0.0.1:$gport/healthz" >/dev/null && break; sleep 0.1; done
+grep -i "speedups" "$tmp/gw.log" || true
+auth=(-H "Authorization: Bearer $root")
+curl -sf "127.0.0.1:$gport/x-keys" "${auth[@]}" \
+  -d "{\"SecretKey\":\"sk-mock-aaaaaaaaaaaaaaaaaaaaaaaa\",\"Level\":1,\"Provider\":\"http://127.0.0.1:$mport\"}" >/dev/null
+key=$(curl -sf "127.0.0.1:$gport/x-users" "${auth[@]}" \
+  -d '{"Name":"wrk-user","Email":"wrk@example.com","CreditGranted":1000000,"RPM":100000000,"TPM":1000000000}' \
+  | $py -c 'import sys,json;print(json.load(sys.stdin)["User"]["SecretKey"])')
+for mode in plain stream; do
+  stream=false; [ "$mode" = stream ] && stream=true
+  cat >"$tmp/$mode.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","max_tokens":256,"stream":$stream,"messages":[{"role":"user","content":"Say hello."}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+done
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+tick=$(getconf CLK_TCK)
+row() {  # name url script: one wrk run; prints name, requests, gateway and mock CPU us/req
+  local g0 m0 g1 m1 n
+  g0=$(cpu $gpid); m0=$(cpu $mpid)
+  n=$(wrk -t1 -c50 -d"${secs}s" -s "$3" "$2/v1/chat/completions" | awk '/requests in/{print $1}')
+  g1=$(cpu $gpid); m1=$(cpu $mpid)
+  echo "$1 $n $(( (g1 - g0) * 1000000 / tick / n )) $(( (m1 - m0) * 1000000 / tick / n ))"
+}
+wrk -t1 -c50 -d2s -s "$tmp/plain.lua" "http://127.0.0.1:$gport/v1/chat/completions" >/dev/null  # warm-up
+for _ in $(seq "$runs"); do
+  row mock-plain "http://127.0.0.1:$mport" "$tmp/plain.lua"
+  row gateway-plain "http://127.0.0.1:$gport" "$tmp/plain.lua"
+  row gateway-stream "http://127.0.0.1:$gport" "$tmp/stream.lua"
+done | $py -c '
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in sys.stdin:
+    name, n, gw, mock = line.split()
+    rows[name].append((int(n), int(gw), int(mock)))
+print("%-16s %8s %19s %16s %8s" % ("what", "req/s", "gateway CPU us/req", "mock CPU us/req", "gw/mock"))
+secs = float(sys.argv[1])
+for name, v in rows.items():
+    n = statistics.median(r[0] for r in v) / secs
+    g = statistics.median(r[1] for r in v)
+    m = statistics.median(r[2] for r in v)
+    ratio = statistics.median(r[1] / r[2] for r in v if r[2]) if name != "mock-plain" else 0
+    gw = "-" if name == "mock-plain" else str(g)
+    print(f"{name:<16} {n:>8.0f} {gw:>19} {m:>16} {ratio:>8.2f}")
+' "$secs"
