@@ -226,3 +226,38 @@ async def test_runs_do_not_leak_upstream_connections(make_gateway):
                 break
             await asyncio.sleep(0.02)
         assert not raw._tasks
+
+
+@pytest.mark.parametrize("anthropic", [False, True], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("case", ["bad_size", "short_chunk", "reset_mid"])
+async def test_translated_stream_broken_ends_with_one_error_event(make_gateway, case, anthropic):
+    """A client of one protocol on a key of the other (SPEC 13): the translated stream ends
+    the same way, with one error event in the client's own shape."""
+    async with RawUpstream(_answer) as raw:
+        api = await make_gateway(upstream_idle_timeout=3.0)
+        key = {
+            "SecretKey": "sk-upstream-raw-abcdefghijkl",
+            "Level": 1,
+            "Provider": raw.url,
+            "Type": "openai-compatible" if anthropic else "anthropic",
+        }
+        assert (await api.post("/x-keys", key)).status == 201
+        uid, user_key = await add_user(api, credit=1000)
+        runs = max(RUNS // 5, 1)
+        for _ in range(runs):
+            body = await _run(api, user_key, anthropic, f"case-{case}-0")
+            assert b"[DONE]" not in body and b"message_stop" not in body
+            assert body.endswith(b"\n\n") and body.count(b"upstream_broken") == 1, body[-300:]
+            events = body[:-2].split(b"\n\n")
+            for event in events[:-1]:  # whole translated events, each one parseable
+                orjson.loads(event.split(b"data: ", 1)[1])
+            if anthropic:
+                assert events[-1].startswith(b"event: error\ndata: ")
+                assert events[0].startswith(b"event: message_start")
+            else:
+                assert events[-1].startswith(b"data: {") and b"chat.completion.chunk" in body
+            err = orjson.loads(events[-1].split(b"data: ", 1)[1])
+            assert err["error"]["code"] == "upstream_broken"
+        # The upstream spoke the other protocol: the translation, not the client, chose it.
+        assert all(r.path.startswith("/v1/messages") != anthropic for r in raw.requests)
+        await _check_billing(api, uid, runs, False)
