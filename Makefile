@@ -10,8 +10,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q -e '.[test]'
+# The worked plugin examples install too: their tests load them by entry point.
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml examples/plugins/pyproject.toml
+	$(BIN)/pip install -q -e '.[test]' -e examples/plugins
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""Shared by /x-bill and the dashboard: date ranges from the query, usage aggregated by the store.
+"""Shared by /x-bill and the dashboard: date ranges from the query, usage read through gw.usage.
 
 Costs are reported in the *viewer's* units: SUM(cost_n) (base worth) x viewer.Rates. So a
 parent's report adds up its children's spend at the worth it pays for it, whatever Rates
@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime, timedelta
 
+from xaiproxy import usage
 from xaiproxy.errors import ApiError
-from xaiproxy.ledger import NANO
-from xaiproxy.store import ops as o
 
 DAY = 86400
 MAX_DAYS = 3660
@@ -30,21 +29,17 @@ DATE_QUERY = {
 }
 
 
-Scope = o.Scope
-ALL = o.ALL
+Scope = usage.Scope
+ALL = usage.EVERYTHING
 
 
 def subtree_scope(state, acc) -> Scope:
     """An account and everything below it."""
-    return ALL if acc.is_root else Scope(dna=acc.dna)
+    return usage.subtree(acc)
 
 
-def account_scope(account_id: int) -> Scope:
-    return Scope(account_ids=(account_id,))
-
-
-def accounts_scope(ids: list[int]) -> Scope:
-    return Scope(account_ids=tuple(ids))
+account_scope = usage.account
+accounts_scope = usage.accounts
 
 
 def pick(query: dict, short: str, long: str) -> str | None:
@@ -98,44 +93,45 @@ def parse_range(query: dict, now: float | None = None) -> tuple[float, float]:
     return _midnight(first), _midnight(last) + DAY
 
 
-def money(value_n: int | None, rates: float) -> float:
-    return round((value_n or 0) * rates / NANO, 9)
+money = usage.money
 
 
-# Reports read the daily rollup (migration 2), kept in step with every usage row;
-# spans are whole UTC days, so day numbers bound them exactly.
-def _days(span: tuple[float, float]) -> tuple[int, int]:
-    return int(span[0] // DAY), int(-(-span[1] // DAY))
+def _dates(span: tuple[float, float]) -> tuple[date, date]:
+    """[start, end) epoch seconds at midnights -> first and last day (inclusive)."""
+    return usage.day_of(span[0]), usage.day_of(span[1] - DAY)
 
 
-async def by_day(store, scope: Scope, span: tuple[float, float], rates: float) -> dict:
+async def by_day(
+    reader: usage.Usage, scope: Scope, span: tuple[float, float], rates: float
+) -> dict:
     """{"data": [one entry per day with usage], "total_usage": {requests, cost}} (seed shape)."""
-    rows = await store.usage_by_day(scope, *_days(span))
-    days: dict[int, dict] = {}
+    first, last = _dates(span)
+    rows = await reader.read(scope, start=first, end=last, by=("day", "model"), units=rates)
+    days: dict[date, dict] = {}
     total_requests, total_n = 0, 0
-    for day, model, requests, prompt, completion, cached, cost_n in rows:
-        entry = days.get(day) or days.setdefault(day, _empty_day(day))
-        entry["n_requests"] += requests
-        entry["n_context_tokens_total"] += prompt or 0
-        entry["n_generated_tokens_total"] += completion or 0
-        entry["n_cached_tokens_total"] += cached or 0
-        entry["usage_details"][model] = {
-            "requests": requests,
-            "prompt": prompt or 0,
-            "completion": completion or 0,
-            "cost": money(cost_n, rates),
+    for row in rows:
+        entry = days.get(row.day) or days.setdefault(row.day, _empty_day(row.day))
+        entry["n_requests"] += row.requests
+        entry["n_context_tokens_total"] += row.prompt_tokens
+        entry["n_generated_tokens_total"] += row.completion_tokens
+        entry["n_cached_tokens_total"] += row.cached_tokens
+        entry["usage_details"][row.model] = {
+            "requests": row.requests,
+            "prompt": row.prompt_tokens,
+            "completion": row.completion_tokens,
+            "cost": row.cost,
         }
-        total_requests += requests
-        total_n += cost_n or 0
+        total_requests += row.requests
+        total_n += row.cost_n
     return {
         "data": list(days.values()),
         "total_usage": {"requests": total_requests, "cost": money(total_n, rates)},
     }
 
 
-def _empty_day(day: int) -> dict:
+def _empty_day(day: date) -> dict:
     return {
-        "aggregation_timestamp": day * DAY,
+        "aggregation_timestamp": usage.day_number(day) * DAY,
         "n_requests": 0,
         "n_context_tokens_total": 0,
         "n_generated_tokens_total": 0,
@@ -144,27 +140,31 @@ def _empty_day(day: int) -> dict:
     }
 
 
-async def by_account(store, scope: Scope, span: tuple[float, float]) -> list[tuple[int, int, int]]:
+async def by_account(
+    reader: usage.Usage, scope: Scope, span: tuple[float, float]
+) -> list[tuple[int, int, int]]:
     """(account_id, requests, cost_n) per account, most expensive first."""
-    rows = await store.usage_by_account(scope, *_days(span))
-    return sorted(((r[0], r[1], r[2] or 0) for r in rows), key=lambda r: (-r[2], -r[1], r[0]))
+    first, last = _dates(span)
+    rows = await reader.read(scope, start=first, end=last, by=("account",))
+    return sorted(
+        ((r.account_id, r.requests, r.cost_n) for r in rows), key=lambda r: (-r[2], -r[1], r[0])
+    )
 
 
 def percent(part: float, whole: float) -> float:
     return round(100.0 * part / whole, 2) if whole else 0.0
 
 
-async def totals(store, account_id: int, since: float, rates: float) -> dict:
+async def totals(reader: usage.Usage, account_id: int, since: float, rates: float) -> dict:
     """One account's requests, tokens and cost since a moment (x-user-info's today / month)."""
-    row = await store.usage_totals(account_id, int(since // DAY))
-    requests, prompt, completion, cached, cost_n = row
+    row = await reader.total(usage.account(account_id), start=usage.day_of(since), units=rates)
     return {
-        "requests": requests,
-        "prompt_tokens": prompt or 0,
-        "completion_tokens": completion or 0,
-        "cached_tokens": cached or 0,
-        "total_tokens": (prompt or 0) + (completion or 0),
-        "cost": money(cost_n, rates),
+        "requests": row.requests,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "cached_tokens": row.cached_tokens,
+        "total_tokens": row.total_tokens,
+        "cost": row.cost,
     }
 
 

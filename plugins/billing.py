@@ -56,11 +56,11 @@ async def bill(call):
     gw, caller = call.gw, call.caller
     scope = scope_for(gw, caller, reports.pick(call.query, "u", "user"))
     span = reports.parse_range(call.query)
-    report = await reports.by_day(gw.store, scope, span, caller.rates)
+    report = await reports.by_day(gw.usage, scope, span, caller.rates)
     total = report["total_usage"]
     users = [
         _user_row(gw, aid, requests, reports.money(cost_n, caller.rates), total)
-        for aid, requests, cost_n in await reports.by_account(gw.store, scope, span)
+        for aid, requests, cost_n in await reports.by_account(gw.usage, scope, span)
     ]
     return call.json({"object": "list", **report, "usage_users": users})
 

@@ -68,11 +68,11 @@ async def user_status(call):
 
 
 async def user_info(call):
-    acc, store = call.caller, call.gw.store
+    acc, reader = call.caller, call.gw.usage
     view = uf.view(acc)
     usage = {
-        "today": await reports.totals(store, acc.id, reports.day_start(), acc.rates),
-        "month": await reports.totals(store, acc.id, reports.month_start(), acc.rates),
+        "today": await reports.totals(reader, acc.id, reports.day_start(), acc.rates),
+        "month": await reports.totals(reader, acc.id, reports.month_start(), acc.rates),
     }
     return call.json(
         {
@@ -89,7 +89,7 @@ async def user_info(call):
 async def own_bill(call):
     acc = call.caller
     span = reports.parse_range(call.query)
-    report = await reports.by_day(call.gw.store, reports.account_scope(acc.id), span, acc.rates)
+    report = await reports.by_day(call.gw.usage, reports.account_scope(acc.id), span, acc.rates)
     return call.json({"object": "list", **report})
 
 

@@ -1,25 +1,16 @@
-"""Shared fixtures: a real gateway on a real socket, with a fresh SQLite file per test."""
+"""Shared fixtures: a real gateway on a real socket, with a fresh SQLite file per test.
+
+`make_gateway` is the test kit's (`xaiproxy.testing.pytest_plugin`).
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers import ROOT_KEY, Api, start_gateway
+from tests.helpers import ROOT_KEY, Api
+from xaiproxy.testing import pytest_plugin as kit
 
-
-@pytest.fixture
-async def make_gateway(aiohttp_server, tmp_path):
-    """Start a gateway: `api = await make_gateway(max_attempts=2, ...)` (settings overrides)."""
-    started = []
-
-    async def make(**overrides) -> Api:
-        api = await start_gateway(aiohttp_server, tmp_path / f"gw{len(started)}.db", **overrides)
-        started.append(api)
-        return api
-
-    yield make
-    for api in started:
-        await api.close()
+make_gateway = kit.make_gateway  # fixture
 
 
 @pytest.fixture

@@ -202,18 +202,20 @@ async def test_overload_is_a_fast_503(make_gateway, upstream):
 
 
 async def test_hooks_before_upstream_and_on_usage(make_gateway, upstream):
-    api = await ready(make_gateway, upstream)
-    uid, key = await add_user(api)
-    acc = api.gw.state.accounts[uid]
     used, ended = [], []
 
     async def refuse(ctx):
         if ctx.model == "blocked-model":
             raise ApiError(403, "blocked", "blocked by a plugin")
 
-    api.gw.hooks.before_upstream.append(refuse)
-    api.gw.hooks.on_usage.append(used.append)
-    api.gw.hooks.on_request_end.append(ended.append)
+    def hooks(gw):
+        gw.hooks.before_upstream.append(refuse)
+        gw.hooks.on_usage.append(used.append)
+        gw.hooks.on_request_end.append(ended.append)
+
+    api = await ready(make_gateway, upstream, setup=[hooks])
+    uid, key = await add_user(api)
+    acc = api.gw.state.accounts[uid]
     r = await api.post(CHAT, chat("blocked-model"), key=key)
     assert (r.status, r.error_code) == (403, "blocked") and acc.reserved_n == 0
     assert (await api.post(CHAT, chat(), key=key)).status == 200

@@ -28,11 +28,10 @@ def test_switch_over_chain_has_no_loops():
 
 async def test_fallback_to_another_key_on_5xx(make_gateway, make_upstream):
     bad, good = await make_upstream(), await make_upstream()
-    api = await make_gateway()
+    ended = []
+    api = await make_gateway(setup=[lambda gw: gw.hooks.on_request_end.append(ended.append)])
     await add_key(api, bad)
     await add_key(api, good)
-    ended = []
-    api.gw.hooks.on_request_end.append(ended.append)
     bad.fail(*["500"] * 10)
     for _ in range(4):  # round-robin starts on either key; every request ends on `good`
         r = await api.post(CHAT, chat())

@@ -25,6 +25,8 @@ PLUGIN_INTERFACE = {
     "xaiproxy.ssrf",  # the one SSRF rule, for provider URLs at add time
     "xaiproxy.idempotency",  # the Idempotency-Key guard for money movements
     "xaiproxy.vendors",  # the vendor types a provider key may have (SPEC 13)
+    "xaiproxy.usage",  # reading usage (gw.usage): scopes, dates, rows
+    "xaiproxy.api",  # every name above a plugin needs, from one place
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -68,8 +69,14 @@ def _lifecycle(gw: Gateway):
         # Its own pool too: a connection made for an unrestricted key is never reused here.
         gw.checked_session = _upstream_session(gw.settings, ssrf.CheckedResolver(gw.resolver))
         gw.upstream = Pool(gw.settings, resolver=gw.resolver)
-        for fn in gw.startup:
-            await fn()
+        try:
+            await plugins.start(gw)  # plugin migrations, startup work, then hooks are frozen
+        except BaseException:  # the start stops: leave nothing open behind
+            await gw.upstream.close()
+            await gw.session.close()
+            await gw.checked_session.close()
+            await gw.store.close()
+            raise
         yield
         for fn in gw.shutdown:
             await fn()
@@ -97,7 +104,9 @@ async def _drain(app: web.Application) -> None:
     app[GATEWAY].draining = True
 
 
-def create_app(settings) -> web.Application:
+def create_app(settings, setup: Sequence[Callable[[Gateway], None]] = ()) -> web.Application:
+    """The app of one gateway. `setup`: extra setup(gw) functions loaded as plugins last
+    (tests register their hooks and routes this way)."""
     store = stores.create(settings.db, settings.flush_interval)
     gw = Gateway(settings, State(), store, pricing.load(settings.prices))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
@@ -106,7 +115,7 @@ def create_app(settings) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     relay.setup(app, gw)  # first: the router tries resources in order, /v1 is the hot one
-    plugins.load(gw, settings.plugins)
+    plugins.load(gw, [*plugins.names_to_load(settings), *setup])
     plugins.mount(app, gw)
     openapi.setup(app, gw)
     console.setup(app)

@@ -48,6 +48,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from . import accesslog, server  # here, so admin commands start fast
     from .app import GATEWAY, create_app
+    from .errors import StartError
 
     try:
         settings = settings_mod.load(args.config, host=args.host, port=args.port, db=args.db)
@@ -61,7 +62,11 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - non-POSIX
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except StartError as exc:  # a plugin problem: one line, no traceback
+        print(f"xaiproxy: {exc}", file=sys.stderr)
+        return 2
 
     async def announce(app: web.Application) -> None:
         speed = speedups.banner_line(speedups.check(asyncio.get_running_loop()))
@@ -73,15 +78,19 @@ def serve(args: argparse.Namespace) -> int:
         gc.set_threshold(2_000, 20, 50)
 
     app.on_startup.append(announce)
-    loop.run_until_complete(
-        server.serve(
-            app,
-            settings.host,
-            settings.port,
-            settings.shutdown_grace,
-            **accesslog.runner_kwargs(settings),
+    try:
+        loop.run_until_complete(
+            server.serve(
+                app,
+                settings.host,
+                settings.port,
+                settings.shutdown_grace,
+                **accesslog.runner_kwargs(settings),
+            )
         )
-    )
+    except StartError as exc:  # e.g. a plugin migration that fails
+        print(f"xaiproxy: {exc}", file=sys.stderr)
+        return 2
     accesslog.close_logger(settings.access_log)  # flush the last lines
     loop.close()
     return 0

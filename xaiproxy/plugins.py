@@ -4,22 +4,29 @@ A plugin is a module with `setup(gw: Gateway) -> None`. In it, the plugin:
 
 - registers routes with `gw.route(...)`; each handler receives one `Call` and
   returns a `web.Response` (use `call.json(...)`), raising `ApiError` for errors;
-- adds hooks with `gw.hooks.on_usage.append(fn)` / `gw.hooks.before_upstream.append(fn)`;
+- adds hooks with `gw.hooks.<name>.append(fn)` (declared in `hooks.py`);
+- declares typed options with `gw.options(Option(...), ...)` and its own tables with
+  `gw.migrations(...)`;
 - may add startup/shutdown work with `gw.on_startup(coro_fn)` / `gw.on_shutdown(coro_fn)`.
 
 Plugins reach state only through `gw`: `gw.state` (in-memory accounts, keys, configs),
-`gw.store` (reads, and writes as units), `gw.ledger` (all money), `gw.settings`.
-Built-in plugins live in `plugins/` (importable as `xaiproxy_plugins.<name>`);
-others load by dotted import path or by the entry-point group `xaiproxy.plugins`.
+`gw.usage` (usage reports), `gw.store` (reads, and writes as units), `gw.ledger` (all
+money), `gw.settings`. `xaiproxy.api` re-exports every name a plugin needs.
+Built-in plugins live in `plugins/` (importable as `xaiproxy_plugins.<name>`); how other
+names resolve is in `load` (and plugins/README.md).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import math
+import pkgutil
+import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -29,11 +36,14 @@ from jsonschema import Draft202012Validator
 
 from . import changes, credentials, ledger, limits
 from .context import RequestContext
-from .errors import ApiError
+from .errors import ApiError, StartError
+from .hooks import Hooks
 from .ownerconf import OwnerConfig
+from .settings import Settings, SettingsError, _cast
 from .state import Account, State
 from .store import Store
 from .store import ops as o
+from .usage import Usage
 
 log = logging.getLogger("xaiproxy.plugins")
 BUILTIN_PACKAGE = "xaiproxy_plugins"
@@ -42,26 +52,14 @@ ENTRY_POINT_GROUP = "xaiproxy.plugins"
 # (aiohttp wants typed keys; a plain string key warns).
 REQUEST_CTX = web.RequestKey("ctx", RequestContext)  # set by relay.py on every /v1 request
 REQUEST_CALLER = web.RequestKey("caller", Account)  # set for every authenticated management call
+# Paths the core serves; a plugin route there would never be reached.
+CORE_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
+_PARAM = re.compile(r"\{[^}]*\}")
 
 
 def context_of(request: web.BaseRequest) -> RequestContext | None:
     """The data plane's RequestContext of a request, if it has one."""
     return request.get(REQUEST_CTX)
-
-
-@dataclass(slots=True)
-class Hooks:
-    """Every hook the data plane offers. An empty list costs one truth test per request."""
-
-    # async fn(ctx: RequestContext) -> None; fires after admission, before the first
-    # upstream attempt. Raise ApiError to refuse the request (its reservation is released).
-    before_upstream: list[Callable[[RequestContext], Awaitable[None]]] = field(default_factory=list)
-    # fn(ctx: RequestContext) -> None; fires once per request after its usage is billed
-    # and queued. Synchronous and must not block: schedule slow work as a task.
-    on_usage: list[Callable[[RequestContext], None]] = field(default_factory=list)
-    # fn(ctx: RequestContext) -> None; fires once at the end of EVERY data-plane request,
-    # refused ones included (ctx.status, ctx.error set). Synchronous, must not block.
-    on_request_end: list[Callable[[RequestContext], None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -73,7 +71,7 @@ class RouteSpec:
     handler: Callable[[Call], Awaitable[web.StreamResponse]]
     summary: str = ""
     body: dict | None = None  # JSON Schema of the request body
-    query: dict | None = None  # JSON Schema of the query parameters (all strings)
+    query: dict | None = None  # JSON Schema of the query parameters (values coerced to it)
     response: dict | None = None  # JSON Schema of the success body
     owner_only: bool = False
     root_only: bool = False
@@ -81,10 +79,43 @@ class RouteSpec:
     tag: str = ""
     validator: Any = None
     query_validator: Any = None
+    plugin: str = ""  # the plugin that registered it
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One typed plugin option: read from `[plugin.<section>]` or `XAI_<SECTION>_<NAME>`.
+
+    `type` is str, int, float, bool or tuple (a list of strings: a TOML list, or space-
+    or comma-separated in the environment). Values are checked once, at start.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+
+
+class Options:
+    """A plugin's option values, by attribute: `opts.max_days`."""
+
+    def __init__(self, section: str, values: dict[str, Any]) -> None:
+        self._section = section
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        values = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return f"Options({self._section!r}, {values!r})"
 
 
 class Call:
-    """One management request: who calls, what they sent, and how to answer."""
+    """One management request: who calls, what they sent, and how to answer.
+
+    `caller` (the authenticated Account, None on `auth=False` routes), `body` (the
+    parsed JSON, validated against the route's `body` schema), `query` (a dict; values
+    coerced to the types of the route's `query` schema, strings otherwise),
+    `param(name)` (a `{name}` path segment), `request` (the aiohttp request), `gw`.
+    """
 
     __slots__ = ("request", "gw", "caller", "body", "query", "spec")
 
@@ -94,7 +125,7 @@ class Call:
         self.caller = caller
         self.spec = spec
         self.body: Any = None
-        self.query: dict[str, str] = dict(request.query)
+        self.query: dict[str, Any] = coerce_query(spec.query, request.query)
 
     def param(self, name: str) -> str:
         return self.request.match_info.get(name, "")
@@ -130,6 +161,7 @@ class Gateway:
         self.settings = settings
         self.state = state
         self.store = store
+        self.usage = Usage(store)  # usage reports (usage.py)
         self.prices = prices  # shipped price table (pricing.Prices)
         self.ledger = ledger.Ledger(state)  # all money movements of this gateway
         self.hooks = Hooks()
@@ -139,6 +171,9 @@ class Gateway:
         self.startup: list[Callable[[], Awaitable[None]]] = []
         self.shutdown: list[Callable[[], Awaitable[None]]] = []
         self.plugins: list[str] = []
+        self.plugin_options: dict[str, Options] = {}  # section -> values
+        self.plugin_option_specs: dict[str, tuple[Option, ...]] = {}  # section -> declared
+        self.plugin_migrations: dict[str, list] = {}  # name -> steps
         self.app: web.Application | None = None
         self.session = None  # aiohttp.ClientSession for calls off the data plane, set at start
         self.checked_session = None  # the same for keys under the SSRF rule (ssrf.py)
@@ -150,7 +185,9 @@ class Gateway:
 
     # -- registration ----------------------------------------------------
     def route(self, method: str, path: str, handler, **options) -> RouteSpec:
-        spec = RouteSpec(method.upper(), path, handler, **options)
+        """Register an endpoint; see plugins/README.md for the options."""
+        spec = RouteSpec(method.upper(), path, handler, plugin=self.hooks.loading, **options)
+        _check_route(self.routes, spec)
         if spec.body is not None:
             spec.validator = Draft202012Validator(spec.body)
         if spec.query is not None:
@@ -163,6 +200,29 @@ class Gateway:
 
     def on_shutdown(self, fn: Callable[[], Awaitable[None]]) -> None:
         self.shutdown.append(fn)
+
+    def options(self, *declared: Option, section: str | None = None) -> Options:
+        """Declare this plugin's options; returns their values (checked now, at start).
+
+        `section` defaults to the plugin's name (its last dotted part, `-` as `_`): the
+        file's `[plugin.<section>]` table and the `XAI_<SECTION>_<NAME>` variables.
+        """
+        section = section or _section(self.hooks.loading)
+        if section in self.plugin_options:
+            raise StartError(f"plugin options [plugin.{section}] are declared twice")
+        values = {opt.name: _option_value(self.settings, section, opt) for opt in declared}
+        self.plugin_options[section] = opts = Options(section, values)
+        self.plugin_option_specs[section] = declared
+        return opts
+
+    def migrations(self, *steps: str | Sequence[str], name: str | None = None) -> None:
+        """Declare this plugin's tables: step N (a statement, or a list applied as one unit)
+        runs once, at start, on a database whose `name` is at version N-1. Append steps;
+        never edit one that has shipped. `name` defaults to the plugin's section name."""
+        name = name or _section(self.hooks.loading)
+        if name in self.plugin_migrations:
+            raise StartError(f"plugin migrations {name!r} are declared twice")
+        self.plugin_migrations[name] = list(steps)
 
     # -- services for plugins ---------------------------------------------
     def authenticate(self, request: web.Request) -> Account:
@@ -206,22 +266,218 @@ def _client_key(request: web.Request) -> str:
     return request.headers.get("x-api-key", "").strip()
 
 
-def load(gw: Gateway, names: tuple[str, ...] | list[str]) -> None:
-    """Import each named plugin and call its setup(gw)."""
+# -- loading -------------------------------------------------------------------
+def names_to_load(settings) -> list[str]:
+    """`plugins` then `extra_plugins`, each name once, in order."""
+    out: list[str] = []
+    for name in (*settings.plugins, *settings.extra_plugins):
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def load(gw: Gateway, names: Sequence[str | Callable[[Gateway], None]]) -> None:
+    """Import each named plugin and call its setup(gw); a problem stops the start (StartError)."""
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    for name in names:
-        if name in found:
-            module = found[name].load()
-        elif "." in name:
-            module = importlib.import_module(name)
+    for item in names:
+        if callable(item):  # a setup function given directly (create_app's `setup`)
+            name, setup = f"{item.__module__}.{item.__qualname__}", item
         else:
-            module = importlib.import_module(f"{BUILTIN_PACKAGE}.{name}")
-        setup = getattr(module, "setup", None)
-        if setup is None:
-            raise RuntimeError(f"plugin {name!r} has no setup(gw) function")
-        setup(gw)
+            name, module = item, resolve(item, found)
+            setup = getattr(module, "setup", None)
+            if not callable(setup):
+                raise StartError(f"plugin {name!r} ({module.__name__}) has no setup(gw) function")
+        gw.hooks.loading = name
+        try:
+            setup(gw)
+        finally:
+            gw.hooks.loading = "core"
         gw.plugins.append(name)
         log.debug("plugin %s loaded", name)
+    _check_option_sections(gw)
+
+
+def resolve(name: str, found: dict | None = None):
+    """The module a plugin name means. The resolution order (plugins/README.md):
+
+    1. a dotted name is that import path (`xaiproxy_plugins.news` is the built-in news);
+    2. a bare name is a built-in (`xaiproxy_plugins.<name>`) or an entry point of the
+       group `xaiproxy.plugins`; when it is both, the start stops: name one by path;
+    3. otherwise a top-level module of that name.
+    A built-in chosen while a top-level module of its name exists is logged as a warning.
+    """
+    if found is None:
+        found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if "." in name:
+        return _import(name, name)
+    builtin = f"{BUILTIN_PACKAGE}.{name}"
+    is_builtin = not name.startswith("_") and _spec(builtin) is not None
+    ep = found.get(name)
+    if is_builtin and ep is not None:
+        raise StartError(
+            f"plugin name {name!r} is ambiguous: the built-in {builtin} and the entry point"
+            f" {name} = {ep.value}; name it by import path ({builtin} or {ep.module})"
+        )
+    if is_builtin:
+        if name.isidentifier() and _spec(name) is not None:
+            log.warning(
+                "plugin %r is the built-in %s; the importable module %r of the same name"
+                " is not loaded (declare it as an entry point to load it)",
+                name,
+                builtin,
+                name,
+            )
+        return _import(name, builtin)
+    if ep is not None:
+        try:
+            return ep.load()
+        except ImportError as exc:
+            raise StartError(f"plugin {name!r} (entry point {ep.value}): {exc}") from None
+    if name.isidentifier() and _spec(name) is not None:
+        return _import(name, name)
+    raise StartError(
+        f"unknown plugin {name!r}: not a built-in ({', '.join(builtins())}), an entry point"
+        f" of {ENTRY_POINT_GROUP!r}, or an importable module"
+    )
+
+
+def builtins() -> list[str]:
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return [m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")]
+
+
+def _spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+
+
+def _import(name: str, module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise StartError(f"unknown plugin {name!r}: no module named {module!r}") from None
+        raise StartError(f"plugin {name!r} ({module}) cannot be imported: {exc}") from None
+
+
+def _check_route(routes: list[RouteSpec], spec: RouteSpec) -> None:
+    """Two plugins on one route, or a plugin on a core path, stop the start naming both."""
+    path = spec.path
+    if path in CORE_PATHS or path == "/v1" or path.startswith("/v1/"):
+        raise StartError(
+            f"plugin {spec.plugin!r} claims {spec.method} {path}, a path the core serves"
+        )
+    shape = _PARAM.sub("{}", path)
+    for other in routes:
+        same_method = "*" in (spec.method, other.method) or spec.method == other.method
+        if same_method and _PARAM.sub("{}", other.path) == shape:
+            raise StartError(
+                f"route {spec.method} {path} is claimed by two plugins:"
+                f" {other.plugin!r} and {spec.plugin!r}"
+            )
+
+
+# -- options -------------------------------------------------------------------
+def _section(name: str) -> str:
+    return name.rsplit(".", 1)[-1].replace("-", "_")
+
+
+def _option_value(settings, section: str, opt: Option) -> Any:
+    where = f"plugin option {section}.{opt.name}"
+    env_name = f"XAI_{section}_{opt.name}".upper()
+    if f"{section}_{opt.name}" in Settings.__dataclass_fields__:
+        raise StartError(f"{where}: its variable {env_name} is a core setting; rename it")
+    if opt.type not in (str, int, float, bool, tuple) or not isinstance(opt.default, opt.type):
+        raise StartError(
+            f"{where}: type must be str, int, float, bool or tuple, with a default of it"
+        )
+    raw = settings.plugin_env.get(env_name, settings.plugin_options.get(section, {}).get(opt.name))
+    if raw is None:
+        return opt.default
+    try:
+        return _cast(where, opt.default, raw)
+    except SettingsError:
+        kind = "a list" if opt.type is tuple else opt.type.__name__
+        raise StartError(f"{where}: cannot use {str(raw)[:100]!r} as {kind}") from None
+
+
+def _check_option_sections(gw: Gateway) -> None:
+    """Every [plugin.<section>] key in the config file must be a declared option."""
+    declared = gw.plugin_option_specs
+    for section, values in gw.settings.plugin_options.items():
+        names = {o.name for o in declared.get(section, ())}
+        if section not in declared:
+            raise StartError(f"config [plugin.{section}]: no loaded plugin declares these options")
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise StartError(
+                f"config [plugin.{section}]: unknown option {unknown[0]!r}"
+                f" (known: {', '.join(sorted(names)) or 'none'})"
+            )
+
+
+# -- start ---------------------------------------------------------------------
+async def start(gw: Gateway) -> None:
+    """At start, state loaded: apply plugin migrations, run startup work, freeze hooks."""
+    await migrate(gw)
+    for fn in gw.startup:
+        await fn()
+    gw.hooks.freeze()
+
+
+async def migrate(gw: Gateway) -> None:
+    """Apply each plugin's new migration steps (the store keeps the versions)."""
+    for name, steps in gw.plugin_migrations.items():
+        try:
+            done = await gw.store.migrate_plugin(name, steps)
+        except Exception as exc:  # the backend's error, whatever its kind: one line
+            raise StartError(f"plugin migration {name!r}: {exc}") from None
+        for number in done:
+            log.info("plugin %s schema migrated to version %d", name, number)
+
+
+# -- query parameters ----------------------------------------------------------------
+_INT = re.compile(r"[+-]?[0-9]{1,18}")
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def coerce_query(schema: dict | None, query) -> dict[str, Any]:
+    """Query values as the schema's types (integer, number, boolean, arrays of them).
+
+    A value that does not parse stays a string, so the schema check names it.
+    """
+    if not schema:
+        return dict(query)
+    props = schema.get("properties", {})
+    out: dict[str, Any] = {}
+    for name in query:
+        if name in out:
+            continue
+        prop = props.get(name) or {}
+        if prop.get("type") == "array":
+            item = prop.get("items") or {}
+            out[name] = [_coerce(v, item.get("type")) for v in query.getall(name)]
+        else:
+            out[name] = _coerce(query[name], prop.get("type"))
+    return out
+
+
+def _coerce(value: str, types) -> Any:
+    for t in [types] if isinstance(types, str) else types or ():
+        if t == "integer" and _INT.fullmatch(value):
+            return int(value)
+        if t == "number":
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                return int(number) if _INT.fullmatch(value) else number
+        if t == "boolean" and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+    return value
 
 
 # -- mounting registered routes on the app -------------------------------------

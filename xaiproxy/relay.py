@@ -96,8 +96,8 @@ class Relay:
             query = paths.upstream_query(request.raw_path.partition("?")[2], client_key(request))
             if query:
                 ctx.target += "?" + query
-            for hook in self.hooks.before_upstream:
-                await hook(ctx)
+            if self.hooks.before_upstream:
+                await self.hooks.before_upstream.run(ctx)  # ApiError refuses; others skipped
             return await self.forward(ctx)
         except ApiError as exc:
             response = self._error(ctx, exc)
@@ -150,8 +150,7 @@ class Relay:
 
     def _finish(self, ctx: RequestContext, response):
         if self.hooks.on_request_end:
-            for fn in self.hooks.on_request_end:
-                fn(ctx)
+            self.hooks.on_request_end.fire(ctx)  # a raising hook is logged and skipped
         return response
 
     def _error(self, ctx: RequestContext, exc: ApiError) -> web.Response:
@@ -439,8 +438,8 @@ class Relay:
         self.gw.store.submit_usage(self._usage_row(ctx), self.gw.ledger.spend(acc, ctx.cost_n))
         if ctx.limits:
             self.gw.limiter.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
-        for fn in self.hooks.on_usage:
-            fn(ctx)
+        if self.hooks.on_usage:
+            self.hooks.on_usage.fire(ctx)  # a raising hook is logged and skipped
 
     @staticmethod
     def _usage_row(ctx: RequestContext) -> UsageRecord:

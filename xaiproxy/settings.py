@@ -34,6 +34,7 @@ class Settings:
         "news",
         "alerts",
     )
+    extra_plugins: tuple[str, ...] = ()  # loaded after `plugins`, without restating them
     max_inflight: int = 2048
     account_max_inflight: int = 64
     client_header_timeout: float = 30.0
@@ -60,9 +61,17 @@ class Settings:
     allow_private_providers: bool = False
     # Fernet-style secret for provider keys at rest; empty = stored as given.
     secret_key: str = field(default="", repr=False)
+    # Plugin options (plugins.Option): the file's [plugin.<section>] tables, and the
+    # XAI_* variables that name no setting above.
+    plugin_options: dict = field(default_factory=dict, repr=False, compare=False)
+    plugin_env: dict = field(default_factory=dict, repr=False, compare=False)
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+# Not settings of their own: where plugin options are read from (neither file keys nor variables).
+PLUGIN_SOURCES = frozenset({"plugin_options", "plugin_env"})
 
 
 class SettingsError(ValueError):
@@ -72,6 +81,10 @@ class SettingsError(ValueError):
 def _cast(name: str, current, raw):
     """Cast a file or environment value to the type of the default, naming the key on error."""
     try:
+        if isinstance(current, dict):
+            if isinstance(raw, dict):
+                return raw
+            raise ValueError(raw)
         if isinstance(current, bool):
             if isinstance(raw, bool):
                 return raw
@@ -110,14 +123,21 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"config file {path}: {exc}") from None
         for key, raw in data.items():
-            if key not in Settings.__dataclass_fields__:
+            if key == "plugin":  # [plugin.<section>] tables of plugin options
+                if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+                    raise SettingsError(f"config file {path}: plugin options go in [plugin.<name>]")
+                values["plugin_options"] = raw
+                continue
+            if key not in Settings.__dataclass_fields__ or key in PLUGIN_SOURCES:
                 raise SettingsError(f"config file {path}: unknown setting {key!r}")
             values[key] = _cast(key, getattr(base, key), raw)
         values["config"] = path
     for key in Settings.__dataclass_fields__:
         raw = env.get("XAI_" + key.upper())
-        if raw is not None and key != "config":
+        if raw is not None and key != "config" and key not in PLUGIN_SOURCES:
             values[key] = _cast(key, getattr(base, key), raw)
+    core = {"XAI_" + key.upper() for key in Settings.__dataclass_fields__}
+    values["plugin_env"] = {k: v for k, v in env.items() if k.startswith("XAI_") and k not in core}
     for key, raw in overrides.items():
         if raw is not None:
             values[key] = _cast(key, getattr(base, key), raw)

@@ -55,6 +55,15 @@ class Store(Protocol):
     async def usage_by_day(self, scope: Scope, first: int, end: int) -> list[tuple]: ...
     async def usage_by_account(self, scope: Scope, first: int, end: int) -> list[tuple]: ...
     async def usage_totals(self, account_id: int, first: int) -> tuple: ...
+    async def usage_grouped(
+        self, scope: Scope, first: int | None, last: int | None, by: tuple[str, ...]
+    ) -> list[tuple]:
+        """(*group values, requests, prompt, completion, cached, cost_n) per group of `by`
+        (any of "day", "model", "account_id"), ordered by it; days [first, last], None = open."""
+
+    async def migrate_plugin(self, name: str, steps: list) -> list[int]:
+        """Apply a plugin's migration steps past its recorded version; the versions applied."""
+
     async def op_logs(
         self, account_id: int, actions: tuple[str, ...], filters: dict, limit: int, offset: int
     ) -> tuple[int, list[dict]]: ...

@@ -350,6 +350,48 @@ class SQLiteStore:
         )
         return tuple(row)
 
+    async def usage_grouped(
+        self, scope: o.Scope, first: int | None, last: int | None, by: tuple[str, ...]
+    ) -> list[tuple]:
+        """(*group values, requests, prompt, completion, cached, cost_n) per group of `by`."""
+        cols = ", ".join(USAGE_GROUPS[g] for g in by)  # KeyError: not a grouping
+        where, params = scope_sql(scope)
+        for bound, op in ((first, ">="), (last, "<=")):
+            if bound is not None:
+                where += f" AND day {op} ?"
+                params = (*params, bound)
+        sql = (
+            f"SELECT {cols + ', ' if cols else ''}COALESCE(SUM(requests), 0), SUM(prompt_tokens),"
+            " SUM(completion_tokens), SUM(cached_tokens), SUM(cost_n) FROM usage_daily"
+            f" WHERE {where}"
+        )
+        if cols:
+            sql += f" GROUP BY {cols} ORDER BY {cols}"
+        return await self._tuples(sql, params)
+
+    async def migrate_plugin(self, name: str, steps: list) -> list[int]:
+        """Each step (a statement or a list of them) runs once, as one unit with its version."""
+        await self.write([(PLUGIN_SCHEMA_SQL, ())])
+        have = await self.scalar("SELECT version FROM plugin_schema WHERE plugin = ?", (name,))
+        have = have or 0
+        if have > len(steps):
+            raise ValueError(f"the database is at version {have}, the plugin knows {len(steps)}")
+        done = []
+        for number, step in enumerate(steps[have:], start=have + 1):
+            unit = [(sql, ()) for sql in ([step] if isinstance(step, str) else step)]
+            unit.append(
+                (
+                    "INSERT OR REPLACE INTO plugin_schema (plugin, version) VALUES (?, ?)",
+                    (name, number),
+                )
+            )
+            try:
+                await self.write(unit)
+            except sqlite3.Error as exc:
+                raise ValueError(f"step {number} failed: {exc}") from None
+            done.append(number)
+        return done
+
     async def op_logs(
         self, account_id: int, actions: tuple[str, ...], filters: dict, limit: int, offset: int
     ) -> tuple[int, list[dict]]:
@@ -434,6 +476,13 @@ AUDIT_SQL = {
     "fees_n": "SELECT COALESCE(SUM(fee_n), 0) FROM transfers",
 }
 NEWS_COLUMNS = "id, title, content, created_at, expires_at"
+
+
+USAGE_GROUPS = {"day": "day", "model": "model", "account_id": "account_id"}
+# Plugin migrations' versions (store.migrate_plugin), created on first use.
+PLUGIN_SCHEMA_SQL = (
+    "CREATE TABLE IF NOT EXISTS plugin_schema (plugin TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
 
 
 def scope_sql(scope: o.Scope) -> tuple[str, tuple]:

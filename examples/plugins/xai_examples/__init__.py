@@ -1,0 +1,1 @@
+"""Worked xaiproxy plugins: `spend` (GET /x-spend) and `require-user` (a before_upstream rule)."""

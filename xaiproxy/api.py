@@ -1,0 +1,45 @@
+"""Every name a plugin needs, from one place: `from xaiproxy.api import ApiError, Gateway, ...`.
+
+The names here are the plugin interface (SPEC 8, plugins/README.md); what they point at
+may move inside xaiproxy, these imports stay.
+
+- `Gateway`, `Call`, `RouteSpec`, `Option`, `Options`: registering and answering.
+- `Hooks` and the hook declarations `BeforeUpstream`, `OnUsage`, `OnRequestEnd`.
+- `RequestContext`: what hooks receive. `Account`, `ProviderKey`, `State`: the
+  in-memory views (`gw.state`); read them, change them only through core operations.
+- `Usage`, `UsageRow`, `usage` (scopes, dates): reading usage (`gw.usage`).
+- `ApiError`, `Code`: errors answered as `{"error": {"message", "type", "code"}}`;
+  `StartError`: a problem that stops the start with one line.
+"""
+
+from . import usage
+from .context import RequestContext
+from .errors import ApiError, Code, StartError
+from .hooks import BeforeUpstream, Hooks, HooksFrozen, OnRequestEnd, OnUsage
+from .plugins import Call, Gateway, Option, Options, RouteSpec, context_of
+from .state import Account, ProviderKey, State
+from .usage import Usage, UsageRow
+
+__all__ = [
+    "Account",
+    "ApiError",
+    "BeforeUpstream",
+    "Call",
+    "Code",
+    "Gateway",
+    "Hooks",
+    "HooksFrozen",
+    "OnRequestEnd",
+    "OnUsage",
+    "Option",
+    "Options",
+    "ProviderKey",
+    "RequestContext",
+    "RouteSpec",
+    "StartError",
+    "State",
+    "Usage",
+    "UsageRow",
+    "context_of",
+    "usage",
+]
