@@ -124,18 +124,17 @@ async def rebinding_gateway(aiohttp_server, tmp_path):
     settings = settings_mod.load(
         env={}, db=str(tmp_path / "gw.db"), root_key=ROOT_KEY, access_log="", flush_interval=0.02
     )
-    app = create_app(settings)
+    ended = []  # every request's context, from an on_request_end hook
+    app = create_app(settings, setup=[lambda gw: gw.hooks.on_request_end.append(ended.append)])
     dns = app[GATEWAY].resolver = Rebinding("8.8.8.8", "127.0.0.1")
     server = await aiohttp_server(app, host="127.0.0.1")
     api = Api(server, f"http://127.0.0.1:{server.port}", ROOT_KEY, aiohttp.ClientSession())
-    yield api, dns
+    yield api, dns, ended
     await api.close()
 
 
 async def test_dns_rebinding_cannot_reach_loopback(rebinding_gateway, upstream):
-    api, dns = rebinding_gateway
-    ended = []
-    api.gw.hooks.on_request_end.append(ended.append)
+    api, dns, ended = rebinding_gateway
     r = await api.post(
         "/x-users", {"Name": "tenant", "Email": "t@example.com", "CreditGranted": 50}
     )
