@@ -20,6 +20,7 @@ from xaiproxy.testing import (  # noqa: F401 (re-exported)
     update_user,
 )
 from xaiproxy.testing import pytest_plugin as kit
+from xaiproxy.testing.gateway import BOTH_PROTOCOLS  # noqa: F401
 from xaiproxy.testing.upstream import HANG_SECONDS, Fault  # noqa: F401
 
 make_upstream, upstream = kit.make_upstream, kit.upstream  # fixtures
