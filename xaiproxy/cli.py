@@ -8,7 +8,7 @@ import gc
 import logging
 import sys
 
-from . import __version__, admin, speedups
+from . import __version__, admin, pricing, speedups, tools
 from . import settings as settings_mod
 
 
@@ -64,7 +64,7 @@ def serve(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(loop)
     try:
         app = create_app(settings)
-    except StartError as exc:  # a plugin problem: one line, no traceback
+    except (StartError, pricing.PricesError) as exc:  # one line, no traceback
         print(f"xaiproxy: {exc}", file=sys.stderr)
         return 2
 
@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (XAI_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (XAI_PORT, default 8080)")
     p.add_argument("--db", help="SQLite file (XAI_DB, default ./data/xaiproxy.db)")
-    p.add_argument("--config", help="TOML config file (XAI_CONFIG, default conf/xaiproxy.toml)")
+    p.add_argument("--config", help="TOML config file (XAI_CONFIG; `xaiproxy init` writes one)")
     p.set_defaults(func=serve)
+    tools.add_commands(sub)
     admin.add_commands(sub)
     return parser
 

@@ -6,6 +6,9 @@ import fnmatch
 import tomllib
 from dataclasses import dataclass
 
+from . import __version__
+from .settings import packaged
+
 FIELDS = ("input", "output", "cached_input", "cache_write")
 
 
@@ -62,9 +65,32 @@ def _is_glob(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
-def load(path: str) -> Prices:
-    with open(path, "rb") as fh:
-        return Prices(tomllib.load(fh))
+class PricesError(ValueError):
+    """The price table cannot be read; the message names the file."""
+
+
+def read(path: str = "") -> tuple[str, str]:
+    """(TOML text, where it came from) of the table at `path`, or of the shipped one."""
+    if not path:
+        source = packaged("prices.toml")
+        return source.read_text(encoding="utf-8"), f"shipped with xaiproxy {__version__}: {source}"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(), path
+    except OSError as exc:
+        raise PricesError(f"price table {path}: {exc.strerror or exc}") from None
+
+
+def parse(text: str, source: str) -> Prices:
+    try:
+        return Prices(tomllib.loads(text))
+    except (tomllib.TOMLDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise PricesError(f"price table {source}: {exc}") from None
+
+
+def load(path: str = "") -> Prices:
+    """The table at `path` ("" = the one shipped in the package)."""
+    return parse(*read(path))
 
 
 def cost_usd(

@@ -1,4 +1,9 @@
-"""Process settings: built-in defaults < TOML config file < XAI_* environment."""
+"""Process settings: built-in defaults < TOML config file < XAI_* environment.
+
+With no config file the built-in defaults apply; `conf/xaiproxy.toml` documents them
+(a test keeps the two equal) and ships in the package as the template `xaiproxy init`
+writes. The price table ships in the package too (`pricing.shipped`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +118,6 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
     env = os.environ if env is None else env
     base = Settings()
     path = config or env.get("XAI_CONFIG") or ""
-    if not path and (REPO_CONF / "xaiproxy.toml").exists():
-        path = str(REPO_CONF / "xaiproxy.toml")
     values: dict = {}
     if path:
         try:
@@ -180,10 +183,16 @@ def mask_url(url: str) -> str:
         return _USERINFO_RE.sub(r"\1****@", url)
 
 
+def packaged(name: str) -> Traversable:
+    """A file shipped in the package's conf/ (the repository's conf/, installed)."""
+    return resources.files(__package__).joinpath("conf", name)
+
+
 def resolve_prices_path(settings: Settings) -> str:
+    """The price table file named by the settings, absolute; "" = the shipped table."""
     if not settings.prices:
-        return str(REPO_CONF / "prices.toml")
+        return ""
     p = Path(settings.prices)
     if not p.is_absolute() and settings.config:
         p = Path(settings.config).resolve().parent / p
-    return str(p)
+    return str(p.absolute())
