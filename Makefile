@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint fmt clean install browser servers console-shots
+.PHONY: run test bench lint fmt clean install browser servers console-shots dist
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,20 @@ lint: $(STAMP)
 
 fmt: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+# dist/: the wheel and sdist, and a single-file zipapp (shiv) that runs `xaiproxy serve`
+# with only a Python interpreter. The zipapp holds compiled dependencies for this
+# interpreter version and platform, hence the tag in its name (docs/DEPLOY.md).
+DIST ?= dist
+TAG = $(shell $(BIN)/python -c 'import sys, sysconfig; print("cp%d%d-%s" % (*sys.version_info[:2], sysconfig.get_platform().replace("-", "_")))')
+VERSION = $(shell $(BIN)/python -c 'import xaiproxy; print(xaiproxy.__version__)')
+
+dist: $(STAMP)
+	rm -rf $(DIST)
+	$(BIN)/python -m build --no-isolation --outdir $(DIST) .
+	$(BIN)/python -m shiv --reproducible -c xaiproxy -p '/usr/bin/env python3' \
+		-o $(DIST)/xaiproxy-$(VERSION)-$(TAG).pyz $(DIST)/xaiproxy-$(VERSION)-py3-none-any.whl
+	@ls -l $(DIST)
 
 clean:
 	rm -rf $(VENV) data *.egg-info build dist

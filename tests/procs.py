@@ -62,10 +62,11 @@ class Served:
 
 
 async def serve(argv: list[str], db, tmp: Path, cwd=None, **env: str) -> Served:
-    """Start `argv + ["serve"]` on a free port with its database at `db`."""
+    """Start `argv + ["serve"]` on a free port with its database at `db` (env: XAI_* extras)."""
     port = free_port()
+    if db is not None:  # None: the default path, relative to cwd
+        env["XAI_DB"] = str(db)
     env = clean_env(
-        XAI_DB=str(db),
         XAI_PORT=str(port),
         XAI_ROOT_KEY=ROOT_KEY,
         XAI_ACCESS_LOG="",
