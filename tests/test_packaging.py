@@ -89,6 +89,13 @@ def test_wheel_and_sdist_carry_config_prices_and_console_files(dist):
         for name in ("prices.toml", "xaiproxy.toml"):
             assert whl.read(f"xaiproxy/conf/{name}") == (ROOT / "conf" / name).read_bytes()
     assert {f"xaiproxy/console/{p}" for p in PROBES} <= names
+    console = ROOT / "xaiproxy" / "console"
+    shipped = {
+        f"xaiproxy/console/{f.relative_to(console)}"
+        for f in console.rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts
+    }
+    assert shipped and shipped <= names  # the console as it is in the checkout, every file
     assert not [n for n in names if "__pycache__" in n or n.startswith(("conf/", "tests/"))]
     with tarfile.open(dist.out / SDIST) as sdist:
         members = {m.name.split("/", 1)[1]: m for m in sdist.getmembers() if "/" in m.name}
@@ -144,6 +151,8 @@ async def test_installed_wheel_serves_from_an_empty_directory(dist, upstream, tm
     gw = await serve([xaiproxy], None, tmp_path, XAI_FLUSH_INTERVAL="0.02")
     try:
         await proxied_request_is_billed(gw, upstream)
+        status, page = await gw.call("GET", "/console/")  # its files, read from site-packages
+        assert status == 200 and b"<html" in page.lower()
     finally:
         output = await gw.stop()
     assert (tmp_path / "data" / "xaiproxy.db").is_file()
