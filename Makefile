@@ -32,16 +32,19 @@ browser:
 			"the console browser tests will be SKIPPED (apt-get install chromium chromium-driver)"; \
 	fi
 
-# The PostgreSQL and Redis tests start real servers; install them where missing (root only).
+# The PostgreSQL and Redis tests start real servers, and tests/test_deploy.py runs nginx
+# with deploy/nginx.conf; install them where missing (root only).
 servers:
-	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v redis-server >/dev/null; then :; \
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v redis-server >/dev/null \
+		&& command -v nginx >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing postgresql and redis-server (apt-get) for the store and hot-state tests"; \
+		echo "installing postgresql, redis-server and nginx (apt-get) for the store, hot-state and deploy tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends postgresql redis-server >/dev/null; \
+			--no-install-recommends postgresql redis-server nginx >/dev/null; \
 	else \
-		echo "NOTE: postgresql/redis-server are missing and this is not root:" \
-			"the PostgreSQL and Redis tests will be SKIPPED (apt-get install postgresql redis-server)"; \
+		echo "NOTE: postgresql/redis-server/nginx are missing and this is not root:" \
+			"the PostgreSQL and Redis tests will be SKIPPED, tests/test_deploy.py will fail" \
+			"(apt-get install postgresql redis-server nginx)"; \
 	fi
 
 test: $(STAMP) browser servers
