@@ -2,7 +2,7 @@
 
 With no config file the built-in defaults apply; `conf/xaiproxy.toml` documents them
 (a test keeps the two equal) and ships in the package as the template `xaiproxy init`
-writes. The price table ships in the package too (`pricing.shipped`).
+writes. The price table ships in the package too (`pricing.read("")`).
 """
 
 from __future__ import annotations
