@@ -96,6 +96,14 @@ def test_wheel_and_sdist_carry_config_prices_and_console_files(dist):
         if f.is_file() and "__pycache__" not in f.parts
     }
     assert shipped and shipped <= names  # the console as it is in the checkout, every file
+    modules = {
+        f"xaiproxy/{f.relative_to(ROOT / 'xaiproxy')}" for f in (ROOT / "xaiproxy").rglob("*.py")
+    }
+    modules |= {
+        f"xaiproxy_plugins/{f.relative_to(ROOT / 'plugins')}"
+        for f in (ROOT / "plugins").rglob("*.py")
+    }
+    assert modules - names == set()  # every module, in every subpackage
     assert not [n for n in names if "__pycache__" in n or n.startswith(("conf/", "tests/"))]
     with tarfile.open(dist.out / SDIST) as sdist:
         members = {m.name.split("/", 1)[1]: m for m in sdist.getmembers() if "/" in m.name}
