@@ -8,9 +8,10 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__, backup, pricing
+from . import __version__, pricing
 from . import settings as settings_mod
 from .admin import table
+from .store import backup
 
 _SETTING_LINE = re.compile(r"^[a-z_]+\s*=")
 PRICE_COLUMNS = ["Model", "Input", "Output", "CachedInput", "CacheWrite"]
