@@ -29,7 +29,8 @@ LISTS = {
     "Resources": ("resources", whitelists.validate_path),
 }
 PLAIN = {"ChildLimit": "child_limit", "Gear": "gear", "Role": "role", "Tier": "tier"}
-PLAIN |= {"Status": "status"}
+PLAIN |= {"Status": "status", "Suspended": "suspended"}
+FLAGS = ("Status", "Suspended")
 DEFAULT_CHILD_LIMIT = Account.__dataclass_fields__["child_limit"].default
 
 _int = {"type": "integer", "minimum": 0}
@@ -60,6 +61,7 @@ FIELDS: dict[str, dict] = {
     "Role": {**_int, "maximum": 1_000_000_000},
     "Tier": {**_int, "maximum": 1_000_000_000},
     "Status": {"type": "boolean"},
+    "Suspended": {"type": "boolean"},
     "Owner": {"type": "boolean"},
 }
 CREATE_BODY = {
@@ -127,7 +129,7 @@ class Edit:
             out["billing_email"] = check_email(raw, "BillingEmail") if raw else ""
         for field, attr in PLAIN.items():
             if field in body:
-                out[attr] = body[field] if field == "Status" else int(body[field])
+                out[attr] = body[field] if field in FLAGS else int(body[field])
         self._rates(out)
         self._factor(out)
         self._owner(out)
@@ -289,6 +291,7 @@ def view(acc: Account) -> dict:
         "DNA": acc.dna,
         "Level": acc.level,
         "Status": acc.status,
+        "Suspended": acc.suspended,
         "Rates": acc.rates,
         "Factor": acc.factor,
         "HardLimit": acc.hard_limit,

@@ -32,7 +32,17 @@ ACCOUNT_ACTIONS = (
     "delete_news",
 )
 USER_FIELDS = ("ID", "Name", "Email", "Alias", "BillingEmail", "ParentID", "DNA", "Level")
-USER_FIELDS += ("Status", "Owner", "Rates", "Factor", "Gear", "Role", "Tier", "PartialKey")
+USER_FIELDS += (
+    "Status",
+    "Suspended",
+    "Owner",
+    "Rates",
+    "Factor",
+    "Gear",
+    "Role",
+    "Tier",
+    "PartialKey",
+)
 USER_FIELDS += ("CreditGranted", "CreatedAt", "UpdatedAt")
 LIMIT_FIELDS = ("HardLimit", "SoftLimit", "RPM", "RPH", "RPD", "TPM", "TPH", "TPD")
 LIMIT_FIELDS += ("ModelLimits", "ChildLimit")

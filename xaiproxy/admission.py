@@ -74,6 +74,8 @@ class Admission:
             raise ApiError(
                 403, "account_disabled", "this account or one above it is disabled; ask its parent"
             )
+        if acc.suspended:
+            raise suspended()
         return acc
 
     # -- 3 ------------------------------------------------------------------
@@ -264,6 +266,10 @@ def release(ctx: RequestContext) -> None:
         ledger.release(ctx.account, ctx.reserved_n)
         ledger.hold(ctx.held, -ctx.reserved_n)
         ctx.reserved_n = 0
+
+
+def suspended() -> ApiError:
+    return ApiError(403, "account_suspended", "this account is suspended; ask the account above it")
 
 
 def client_key(request: web.Request) -> str:

@@ -10,7 +10,7 @@ import orjson
 
 from . import credentials, vendors
 from .ownerconf import OwnerConfig
-from .state import ACCOUNT_COLUMNS, KEY_COLUMNS, Account, Grant, ProviderKey
+from .state import ACCOUNT_COLUMNS, BOOL_COLUMNS, KEY_COLUMNS, Account, Grant, ProviderKey
 from .store.ops import AccountPut
 
 log = logging.getLogger("xaiproxy.boot")
@@ -31,8 +31,8 @@ async def load(gw) -> str | None:
     for row in await store.load_accounts():
         values = {c: row[c] for c in ACCOUNT_COLUMNS}
         values["model_limits"] = orjson.loads(values["model_limits"] or "{}")
-        values["status"] = bool(values["status"])
-        values["owner"] = bool(values["owner"])
+        for column in BOOL_COLUMNS:
+            values[column] = bool(values[column])
         state.add_account(Account(**values))
     now = time.time()
     for row in await store.load_grants(now):

@@ -33,6 +33,7 @@ REJECTIONS = frozenset(
     {
         "invalid_api_key",
         "account_disabled",
+        "account_suspended",
         "ip_not_allowed",
         "resource_not_allowed",
         "model_not_allowed",

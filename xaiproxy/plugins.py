@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from . import changes, credentials, ledger, limits
+from . import admission, changes, credentials, ledger, limits
 from .context import RequestContext
 from .errors import ApiError, StartError
 from .hooks import Hooks
@@ -233,6 +233,8 @@ class Gateway:
             raise ApiError(401, "invalid_api_key", "missing or invalid API key")
         if not acc.enabled():
             raise ApiError(403, "account_disabled", "this account or one above it is disabled")
+        if acc.suspended:
+            raise admission.suspended()
         return acc
 
     def config(self, owner_id: int) -> OwnerConfig:

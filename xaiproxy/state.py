@@ -50,6 +50,7 @@ ACCOUNT_COLUMNS = [
     "tier",
     "owner",
     "credit_granted",
+    "suspended",
     "key_hash",
     "key_prefix",
     "created_at",
@@ -70,6 +71,7 @@ KEY_COLUMNS = [
     "created_at",
     "updated_at",
 ]
+BOOL_COLUMNS = ("status", "owner", "suspended")  # stored as 0/1
 FILTER_RE = re.compile(r"^([LGRTF])(\d+(?:\.\d+)?)$")
 FILTER_FIELDS = {"L": "level", "G": "gear", "R": "role", "T": "tier", "F": "factor"}
 
@@ -118,6 +120,7 @@ class Account:
     tier: int = 0
     owner: bool = False
     credit_granted: float = 0.0
+    suspended: bool = False  # set by an ancestor: stops this account only, not its subtree
     created_at: float = 0.0
     updated_at: float = 0.0
     # -- runtime only ---------------------------------------------------
@@ -147,8 +150,8 @@ class Account:
         """The account as store columns."""
         values = {c: getattr(self, c) for c in ACCOUNT_COLUMNS}
         values["model_limits"] = orjson.dumps(self.model_limits).decode()
-        values["status"] = int(self.status)
-        values["owner"] = int(self.owner)
+        for column in BOOL_COLUMNS:
+            values[column] = int(values[column])
         return values
 
     def compile(self) -> None:

@@ -193,6 +193,13 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# 2: SQLite 6, Suspended.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
+    """
+)
+
 # The types of the usage columns, in USAGE_COLUMNS order, for unnest() of a batch.
 _USAGE_TYPES = {
     "ts": "float8",

@@ -222,3 +222,10 @@ MIGRATIONS.append(
     DROP TRIGGER IF EXISTS usage_rollup;
     """
 )
+
+# 6: Suspended (SPEC 3): an ancestor stops one account, not its subtree.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
+    """
+)
