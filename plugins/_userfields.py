@@ -27,6 +27,7 @@ LISTS = {
     "AllowIPs": ("allow_ips", whitelists.validate_ip),
     "AllowModels": ("allow_models", whitelists.validate_glob),
     "Resources": ("resources", whitelists.validate_path),
+    "AllowLevels": ("allow_levels", whitelists.validate_level),
 }
 PLAIN = {"ChildLimit": "child_limit", "Gear": "gear", "Role": "role", "Tier": "tier"}
 PLAIN |= {"Status": "status", "Suspended": "suspended"}
@@ -55,6 +56,7 @@ FIELDS: dict[str, dict] = {
     "AllowIPs": _list,
     "AllowModels": _list,
     "Resources": _list,
+    "AllowLevels": {**_list, "items": {"type": ["string", "integer"], "maxLength": 200}},
     "ModelLimits": {"type": ["object", "string"], "maxProperties": 200, "maxLength": 65536},
     "ChildLimit": {**_int, "maximum": 1_000_000},
     "Gear": {**_int, "maximum": 1_000_000_000},

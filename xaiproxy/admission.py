@@ -1,7 +1,7 @@
 """Admission: the checks of SPEC section 5, in order, each with its own error.
 
 1 key -> account, 2 enabled, 3 client IP, 4 resources, 5 body, 6 MODEL_MAPPER,
-7 AllowModels, 8 reservation and HardLimit, 9 rate limits. A refusal raises ApiError
+7 AllowModels (and the routing level within AllowLevels), 8 reservation and HardLimit, 9 rate limits. A refusal raises ApiError
 and changes nothing (a reservation taken in step 8 is released by the caller's
 `release`, which runs on every path).
 """
@@ -20,6 +20,7 @@ from aiohttp import web
 from . import credentials, forms, ledger, pricing, providers, whitelists
 from .context import RequestContext
 from .errors import ApiError
+from .routing import Router
 from .state import Account
 
 MULTIPART_PROMPT_ESTIMATE = 1000  # tokens; a file upload's size says nothing about its tokens
@@ -57,6 +58,7 @@ class Admission:
         await self.read_body(ctx)
         self.map_model(ctx)
         self.check_models(acc, ctx.model)
+        self.route_level(ctx)
         self.reserve(ctx)
         ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, ctx.model)
 
@@ -214,6 +216,20 @@ class Admission:
                 403,
                 "model_not_allowed",
                 f"model {model[:100]!r} is not allowed for this key; see GET /v1/models",
+            )
+
+    @staticmethod
+    def route_level(ctx: RequestContext) -> None:
+        """LEVEL_MAPPER gives the level; AllowLevels (own and ancestors') must leave one on
+        its SWITCH_OVER chain."""
+        cfg, acc = ctx.config, ctx.account
+        ctx.level = level = cfg.level_of(ctx.upstream_model) if ctx.upstream_model else 1
+        if not Router.levels(cfg.switch_over, level, acc.level_allowed):
+            raise ApiError(
+                403,
+                "level_not_allowed",
+                f"model {ctx.model[:100]!r} routes to level {level}, which AllowLevels of this"
+                " account or one above it excludes",
             )
 
     # -- 8 ------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """GET /v1/models: the models a caller can reach, across the owner's vendors (SPEC 5, 13).
 
 A model is listed when the caller's AllowModels (and its ancestors') let it through
-and an enabled key on its level chain (LEVEL_MAPPER, then SWITCH_OVER) serves it:
+and an enabled key on its level chain (within AllowLevels) (LEVEL_MAPPER, then SWITCH_OVER) serves it:
 a key of a known vendor serves its families (Azure also its Config deployments), an
 openai-compatible key of an unknown host serves anything. `owned_by` is that key's Type.
 Runs from memory; not on the hot path.
@@ -20,7 +20,7 @@ def entries(gw, ctx) -> list[dict]:
     for name in sorted(_names(gw, cfg, owner)):
         if not all(a.model_match is None or a.model_match(name) for a in chain):
             continue
-        owned_by = _reach(gw, cfg, owner, cfg.map_model(name))
+        owned_by = _reach(gw, cfg, owner, cfg.map_model(name), ctx.account.level_allowed)
         if owned_by:
             out.append({"id": name, "object": "model", "created": 0, "owned_by": owned_by})
     return out
@@ -36,9 +36,9 @@ def _names(gw, cfg, owner: int) -> set[str]:
     return names
 
 
-def _reach(gw, cfg, owner: int, model: str) -> str:
-    """The Type of the first enabled key on the model's level chain that serves it, or ''."""
-    for level in Router.levels(cfg.switch_over, cfg.level_of(model)):
+def _reach(gw, cfg, owner: int, model: str, allowed) -> str:
+    """The Type of the first enabled key on the model's allowed level chain that serves it, or ''."""
+    for level in Router.levels(cfg.switch_over, cfg.level_of(model), allowed):
         for key in sorted(gw.state.pool(owner, level), key=lambda k: k.id):
             if key.status and vendors.serves(key, model):
                 return key.type

@@ -17,7 +17,7 @@ from . import credentials
 from .state import KEY_COLUMNS, Account, ProviderKey, State
 from .store import ops as o
 
-LIST_ATTRS = {"allow_ips", "allow_models", "resources"}
+LIST_ATTRS = {"allow_ips", "allow_models", "resources", "allow_levels"}
 
 
 class Changes:

@@ -37,6 +37,7 @@ REJECTIONS = frozenset(
         "ip_not_allowed",
         "resource_not_allowed",
         "model_not_allowed",
+        "level_not_allowed",
         "insufficient_balance",
         "hard_limit_reached",
         "rate_limit_exceeded",

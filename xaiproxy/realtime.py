@@ -94,6 +94,7 @@ class Realtime:
         ctx.model = model
         ctx.upstream_model = ctx.config.map_model(model)
         adm.check_models(acc, model)
+        adm.route_level(ctx)
         ctx.prompt_estimate = 1
         adm.reserve(ctx)
         ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, model)
@@ -102,9 +103,9 @@ class Realtime:
         """The first OpenAI-style key on the model's level chain that accepts the socket."""
         router, settings = self.relay.router, self.gw.settings
         cfg = ctx.config
-        ctx.level = cfg.level_of(ctx.upstream_model)
         owner = ctx.account.owner_acc.id
-        for level, key in router.candidates(owner, cfg.switch_over, ctx.level):
+        allowed = ctx.account.level_allowed
+        for level, key in router.candidates(owner, cfg.switch_over, ctx.level, allowed):
             if key.type not in SPEAKS or ctx.attempts >= settings.max_attempts:
                 continue
             ctx.attempts += 1

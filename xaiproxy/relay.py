@@ -162,9 +162,9 @@ class Relay:
     async def forward(self, ctx: RequestContext) -> web.StreamResponse:
         """Try candidate keys until one answers; before the first byte, failures move on."""
         cfg, owner_id = ctx.config, ctx.account.owner_acc.id
-        ctx.level = cfg.level_of(ctx.upstream_model) if ctx.upstream_model else 1
         last = None
-        for level, key in self.router.candidates(owner_id, cfg.switch_over, ctx.level):
+        allowed = ctx.account.level_allowed
+        for level, key in self.router.candidates(owner_id, cfg.switch_over, ctx.level, allowed):
             if ctx.attempts >= self.settings.max_attempts:
                 break
             ctx.attempts += 1
@@ -286,7 +286,8 @@ class Relay:
                 "upstream_unavailable",
                 "no provider could be reached for this request; retry later",
             )
-        wait = self.router.resting(owner_id, ctx.config.switch_over, ctx.level)
+        allowed = ctx.account.level_allowed
+        wait = self.router.resting(owner_id, ctx.config.switch_over, ctx.level, allowed)
         if wait:
             raise ApiError(
                 503,

@@ -2,7 +2,7 @@
 
 Candidates are the owner's enabled, awake keys at the model's level (LEVEL_MAPPER),
 taken round-robin, then the keys of the level SWITCH_OVER names, following the chain
-without loops. Pools are cached until `state.keys_version` changes.
+without loops; levels the caller's AllowLevels (or an ancestor's) excludes are skipped. Pools are cached until `state.keys_version` changes.
 """
 
 from __future__ import annotations
@@ -41,18 +41,19 @@ class Router:
         return pool
 
     @staticmethod
-    def levels(switch_over: dict[int, int], level: int) -> list[int]:
-        """The level, then SWITCH_OVER's chain from it, each level once."""
+    def levels(switch_over: dict[int, int], level: int, allowed=None) -> list[int]:
+        """The level, then SWITCH_OVER's chain from it, each level once; only those
+        `allowed(level)` passes, when given."""
         out = [level]
         while (level := switch_over.get(level)) is not None and level not in out:
             out.append(level)
-        return out
+        return out if allowed is None else [lv for lv in out if allowed(lv)]
 
     def candidates(
-        self, owner_id: int, switch_over: dict, level: int
+        self, owner_id: int, switch_over: dict, level: int, allowed=None
     ) -> Iterator[tuple[int, ProviderKey]]:
         """(level, key) in the order to try them; round-robin within a level."""
-        for lv in self.levels(switch_over, level):
+        for lv in self.levels(switch_over, level, allowed):
             pool = self._pool(owner_id, lv)
             if not pool:
                 continue
@@ -65,9 +66,10 @@ class Router:
                 if key.awake(now):
                     yield lv, key
 
-    def resting(self, owner_id: int, switch_over: dict, level: int) -> float:
+    def resting(self, owner_id: int, switch_over: dict, level: int, allowed=None) -> float:
         """Seconds until the first enabled key of the chain wakes; 0 when there is none."""
-        keys = [k for lv in self.levels(switch_over, level) for k in self._pool(owner_id, lv)]
+        chain = self.levels(switch_over, level, allowed)
+        keys = [k for lv in chain for k in self._pool(owner_id, lv)]
         waits = [k.sleep_until - time.time() for k in keys if k.status]
         return max(min(waits), 0.0) if waits else 0.0
 

@@ -43,6 +43,7 @@ ACCOUNT_COLUMNS = [
     "allow_ips",
     "allow_models",
     "resources",
+    "allow_levels",
     "model_limits",
     "child_limit",
     "gear",
@@ -113,6 +114,7 @@ class Account:
     allow_ips: str = ""
     allow_models: str = ""
     resources: str = ""
+    allow_levels: str = ""  # routing levels; "" = all
     model_limits: dict = field(default_factory=dict)
     child_limit: int = 1000
     gear: int = 0
@@ -140,6 +142,7 @@ class Account:
     ip_nets: tuple | None = None
     model_match: Any = None
     resource_match: Any = None
+    level_set: frozenset[int] | None = None
     limiter: Any = None  # limits.AccountLimits, attached lazily by the data plane
 
     @property
@@ -159,12 +162,17 @@ class Account:
         self.ip_nets = whitelists.compile_ips(self.allow_ips)
         self.model_match = whitelists.compile_globs(self.allow_models)
         self.resource_match = whitelists.compile_globs(self.resources)
+        self.level_set = whitelists.compile_levels(self.allow_levels)
 
     def is_descendant_of(self, other: Account) -> bool:
         return self is not other and self.dna.startswith(other.dna)
 
     def enabled(self) -> bool:
         return all(a.status for a in self.chain)
+
+    def level_allowed(self, level: int) -> bool:
+        """AllowLevels of the account and every ancestor."""
+        return all(a.level_set is None or level in a.level_set for a in self.chain)
 
 
 @dataclass(slots=True, eq=False)

@@ -1,4 +1,4 @@
-"""Whitelists (AllowIPs, AllowModels, Resources): edit rules, validation, compiled matchers.
+"""Whitelists (AllowIPs, AllowModels, Resources, AllowLevels): edit rules, validation, compiled matchers.
 
 Stored form: "" = unrestricted, "-*" = nothing allowed (loopback only for IPs),
 otherwise the entries joined by single spaces.
@@ -61,6 +61,18 @@ def validate_glob(item: str) -> None:
 def validate_path(item: str) -> None:
     if not _PATH_RE.match(item) or ".." in item or len(item) > 200:
         raise ValueError(f"{item!r} is not a valid API path (like /v1/chat/completions)")
+
+
+def validate_level(item: str) -> None:
+    if not item.isdigit() or not 0 <= int(item) <= 99:
+        raise ValueError(f"{item!r} is not a routing level (a whole number 0-99)")
+
+
+def compile_levels(stored: str) -> frozenset[int] | None:
+    """None = every level; else the levels allowed (none on "-*")."""
+    if not stored:
+        return None
+    return frozenset() if stored == NOTHING else frozenset(int(i) for i in stored.split())
 
 
 def compile_ips(stored: str) -> tuple | None:

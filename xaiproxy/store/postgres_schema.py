@@ -200,6 +200,13 @@ MIGRATIONS.append(
     """
 )
 
+# 3: SQLite 6, AllowLevels.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN allow_levels TEXT NOT NULL DEFAULT '';
+    """
+)
+
 # The types of the usage columns, in USAGE_COLUMNS order, for unnest() of a batch.
 _USAGE_TYPES = {
     "ts": "float8",

@@ -229,3 +229,10 @@ MIGRATIONS.append(
     ALTER TABLE accounts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
     """
 )
+
+# 6: AllowLevels (SPEC 3): the routing levels an account's requests may use; '' = all.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN allow_levels TEXT NOT NULL DEFAULT '';
+    """
+)
