@@ -64,6 +64,7 @@ FIELDS: dict[str, dict] = {
     "Tier": {**_int, "maximum": 1_000_000_000},
     "Status": {"type": "boolean"},
     "Suspended": {"type": "boolean"},
+    "AutoQuota": {"type": "boolean"},
     "Owner": {"type": "boolean"},
 }
 CREATE_BODY = {
@@ -222,8 +223,19 @@ class Edit:
             raise bad(str(exc).replace("MODEL_LIMITS", "ModelLimits")) from None
 
     def _spend_limits(self, out: dict) -> None:
-        """HardLimit defaults to 10 x CreditGranted; SoftLimit to 0.8 x HardLimit."""
+        """HardLimit defaults to 10 x CreditGranted; SoftLimit to 0.8 x HardLimit. Setting
+        either turns AutoQuota off; AutoQuota true makes both follow the credit again."""
         body, target = self.body, self.target
+        explicit = "HardLimit" in body or "SoftLimit" in body
+        if "AutoQuota" in body:
+            if body["AutoQuota"] and explicit:
+                raise bad(
+                    "AutoQuota: true derives HardLimit and SoftLimit from the credit granted;"
+                    " send either AutoQuota or the limits, not both"
+                )
+            out["auto_quota"] = body["AutoQuota"]
+        elif explicit and (target is None or target.auto_quota):
+            out["auto_quota"] = False
         cap = self.hard_cap(out.get("rates", target.rates if target else self.parent.rates))
         if "HardLimit" in body:
             out["hard_limit"] = float(body["HardLimit"])
@@ -298,6 +310,7 @@ def view(acc: Account) -> dict:
         "Factor": acc.factor,
         "HardLimit": acc.hard_limit,
         "SoftLimit": acc.soft_limit,
+        "AutoQuota": acc.auto_quota,
     }
     out |= {field: getattr(acc, attr) for field, attr in LIMITS.items()}
     out |= {field: getattr(acc, attr) for field, (attr, _) in LISTS.items()}
@@ -330,6 +343,7 @@ ATTR_FIELD = {
     "soft_limit": "SoftLimit",
     "model_limits": "ModelLimits",
     "owner": "Owner",
+    "auto_quota": "AutoQuota",
     **{attr: field for field, attr in LIMITS.items()},
     **{attr: field for field, (attr, _) in LISTS.items()},
     **{attr: field for field, attr in PLAIN.items()},

@@ -45,7 +45,7 @@ USER_FIELDS += (
 )
 USER_FIELDS += ("CreditGranted", "CreatedAt", "UpdatedAt")
 LIMIT_FIELDS = ("HardLimit", "SoftLimit", "RPM", "RPH", "RPD", "TPM", "TPH", "TPD")
-LIMIT_FIELDS += ("ModelLimits", "ChildLimit")
+LIMIT_FIELDS += ("AutoQuota", "ModelLimits", "ChildLimit")
 LIST_FIELDS = ("AllowIPs", "AllowModels", "Resources", "AllowLevels")
 NO_QUERY = {"type": "object", "properties": {}}  # nothing to ask; extras are ignored
 BILL_QUERY = {"type": "object", "properties": reports.DATE_QUERY, "additionalProperties": False}

@@ -164,13 +164,11 @@ def _move(gw, caller: Account, acc: Account, body: dict, values: dict, amount: f
 
 
 def _follow_credit(acc: Account, amount: float, values: dict, cap: float | None) -> None:
-    """A recharge raises CreditGranted; limits still at their derived default follow it,
-    up to the parent's HardLimit."""
-    if amount <= 0:
-        return
-    derived = abs(acc.hard_limit - 10 * acc.credit_granted) < 1e-6
-    acc.credit_granted += amount
-    if derived and "hard_limit" not in values and "soft_limit" not in values:
+    """CreditGranted counts what was granted, less refunds. While AutoQuota is on, a
+    recharge, a refund or turning it on sets HardLimit = 10 x CreditGranted (up to the
+    parent's HardLimit) and SoftLimit = 0.8 x HardLimit."""
+    acc.credit_granted = max(acc.credit_granted + amount, 0.0)
+    if values.get("auto_quota", acc.auto_quota) and (amount or values.get("auto_quota")):
         hard = 10 * acc.credit_granted
         values["hard_limit"] = hard if cap is None else min(hard, cap)
         values["soft_limit"] = 0.8 * values["hard_limit"]

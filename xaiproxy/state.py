@@ -52,6 +52,7 @@ ACCOUNT_COLUMNS = [
     "owner",
     "credit_granted",
     "suspended",
+    "auto_quota",
     "key_hash",
     "key_prefix",
     "created_at",
@@ -72,7 +73,7 @@ KEY_COLUMNS = [
     "created_at",
     "updated_at",
 ]
-BOOL_COLUMNS = ("status", "owner", "suspended")  # stored as 0/1
+BOOL_COLUMNS = ("status", "owner", "suspended", "auto_quota")  # stored as 0/1
 FILTER_RE = re.compile(r"^([LGRTF])(\d+(?:\.\d+)?)$")
 FILTER_FIELDS = {"L": "level", "G": "gear", "R": "role", "T": "tier", "F": "factor"}
 
@@ -123,6 +124,7 @@ class Account:
     owner: bool = False
     credit_granted: float = 0.0
     suspended: bool = False  # set by an ancestor: stops this account only, not its subtree
+    auto_quota: bool = True  # HardLimit/SoftLimit follow credit_granted until set explicitly
     created_at: float = 0.0
     updated_at: float = 0.0
     # -- runtime only ---------------------------------------------------

@@ -3,8 +3,14 @@ accepted on create and update, validated, shown, logged, persisted and honoured.
 
 from __future__ import annotations
 
+import sqlite3
+
 from tests.fakes import add_key, add_user, chat, set_config
-from tests.helpers import start_gateway
+from tests.helpers import ROOT_KEY, start_gateway
+from xaiproxy import ledger
+from xaiproxy.admission import current_month
+from xaiproxy.credentials import hash_key
+from xaiproxy.store.sqlite_schema import MIGRATIONS
 
 pytest_plugins = ["tests.fakes_fixtures"]
 
@@ -121,12 +127,100 @@ async def test_allow_levels_edits_and_errors(api):
     assert acc.level_set == frozenset()
 
 
+# -- AutoQuota ---------------------------------------------------------------------
+def limits(api, uid) -> tuple:
+    acc = api.gw.state.accounts[uid]
+    return acc.auto_quota, acc.credit_granted, acc.hard_limit, acc.soft_limit
+
+
+async def test_auto_quota_follows_a_recharge_and_a_refund(api, upstream):
+    await add_key(api, upstream)
+    uid, ukey = await add_user(api, 10)
+    assert limits(api, uid) == (True, 10, 100, 80)
+    r = await api.put(f"/x-users/{uid}", {"CreditGranted": 5})
+    assert r.status == 200 and limits(api, uid) == (True, 15, 150, 120)
+    assert (r.body["User"]["Updates"]["HardLimit"], r.body["User"]["Updates"]["SoftLimit"]) == (
+        150,
+        120,
+    )
+    r = await api.put(f"/x-users/{uid}", {"CreditGranted": -6})
+    assert r.status == 200 and limits(api, uid) == (True, 9, 90, 72)
+    # the data plane reads the new HardLimit at once: 85 spent this month leaves no room
+    acc = api.gw.state.accounts[uid]
+    acc.tree_month, acc.tree_spend_n = current_month(), ledger.to_n(85, acc.rates)
+    assert (await api.post("/v1/chat/completions", chat(), key=ukey)).status == 200
+    assert (await api.put(f"/x-users/{uid}", {"CreditGranted": -1})).status == 200
+    assert limits(api, uid) == (True, 8, 80, 64)
+    r = await api.post("/v1/chat/completions", chat(), key=ukey)
+    assert (r.status, r.error_code) == (403, "hard_limit_reached"), r.body
+    row = await api.gw.store.fetchone(
+        "SELECT auto_quota, credit_granted, hard_limit, soft_limit FROM accounts WHERE id = ?",
+        (uid,),
+    )
+    assert tuple(row) == (1, 8, 80, 64)
+
+
+async def test_explicit_limits_turn_auto_quota_off_and_true_turns_it_back_on(api):
+    uid, ukey = await add_user(api, 10)
+    assert (await api.put(f"/x-users/{uid}", {"HardLimit": 50})).status == 200
+    assert limits(api, uid) == (False, 10, 50, 40)
+    assert (await api.put(f"/x-users/{uid}", {"CreditGranted": 5})).status == 200
+    assert limits(api, uid) == (False, 15, 50, 40)
+    assert (await api.get(f"/x-users/{uid}")).body["AutoQuota"] is False
+    info = (await api.get("/dashboard/x-user-info", key=ukey)).body
+    assert info["limits"]["AutoQuota"] is False
+    r = await api.put(f"/x-users/{uid}", {"AutoQuota": True, "HardLimit": 10})
+    assert r.status == 400 and "AutoQuota" in r.body["error"]["message"]
+    assert limits(api, uid) == (False, 15, 50, 40)
+    r = await api.put(f"/x-users/{uid}", {"AutoQuota": True})
+    assert r.status == 200 and limits(api, uid) == (True, 15, 150, 120)
+    assert r.body["User"]["Updates"] == {"AutoQuota": True, "HardLimit": 150, "SoftLimit": 120}
+    assert "changed AutoQuota" in await op_details(api, "update_user", uid)
+    # SoftLimit alone turns it off too; so does AutoQuota false on create
+    assert (await api.put(f"/x-users/{uid}", {"SoftLimit": 100})).status == 200
+    assert limits(api, uid) == (False, 15, 150, 100)
+    vid, _ = await add_user(api, 10, AutoQuota=False)
+    assert (await api.put(f"/x-users/{vid}", {"CreditGranted": 10})).status == 200
+    assert limits(api, vid) == (False, 20, 100, 80)
+
+
+async def test_auto_quota_stays_under_the_parents_hard_limit(api):
+    pid, pkey = await add_user(api, 100, HardLimit=120)
+    cid, _ = await add_user(api, 10, key=pkey)
+    assert limits(api, cid) == (True, 10, 100, 80)
+    r = await api.put(f"/x-users/{cid}", {"CreditGranted": 5}, key=pkey)
+    assert r.status == 200 and limits(api, cid) == (True, 15, 120, 96)
+
+
+async def test_migration_keeps_hand_set_limits_off_auto_quota(aiohttp_server, tmp_path):
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    for number, script in enumerate(MIGRATIONS[:6], start=1):
+        conn.executescript(f"{script}\nPRAGMA user_version={number};")
+    sql = (
+        "INSERT INTO accounts (id, name, email, parent_id, dna, level, hard_limit, soft_limit,"
+        " credit_granted, key_hash, key_prefix, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sk-Xvs', 0, 0)"
+    )
+    conn.execute(sql, (1, "root", "root@localhost", None, ".1.", 0, 0, 0, 0, hash_key(ROOT_KEY)))
+    conn.execute(sql, (2, "derived", "d@example.com", 1, ".1.2.", 1, 100, 80, 10, "h2"))
+    conn.execute(sql, (3, "by-hand", "h@example.com", 1, ".1.3.", 1, 70, 56, 10, "h3"))
+    conn.commit()
+    conn.close()
+    api = await start_gateway(aiohttp_server, db)
+    try:
+        state = api.gw.state
+        assert (state.accounts[2].auto_quota, state.accounts[3].auto_quota) == (True, False)
+    finally:
+        await api.close()
+
+
 # -- every field, across a restart -------------------------------------------------
 async def test_fields_persist_across_a_restart(aiohttp_server, tmp_path):
     path = tmp_path / "fields.db"
     api = await start_gateway(aiohttp_server, path)
     uid, ukey = await add_user(api, 10)
-    fields = {"Suspended": True, "AllowLevels": "1 3"}
+    fields = {"Suspended": True, "AllowLevels": "1 3", "AutoQuota": False}
     assert (await api.put(f"/x-users/{uid}", fields)).status == 200
     await api.close()
     api = await start_gateway(aiohttp_server, path)

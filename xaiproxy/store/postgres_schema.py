@@ -207,6 +207,16 @@ MIGRATIONS.append(
     """
 )
 
+# 4: SQLite 7, AutoQuota.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN auto_quota INTEGER NOT NULL DEFAULT 1;
+    UPDATE accounts SET auto_quota = 0
+    WHERE abs(hard_limit - 10 * credit_granted) > 1e-6
+       OR abs(soft_limit - 8 * credit_granted) > 1e-6;
+    """
+)
+
 # The types of the usage columns, in USAGE_COLUMNS order, for unnest() of a batch.
 _USAGE_TYPES = {
     "ts": "float8",

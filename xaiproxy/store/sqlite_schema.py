@@ -236,3 +236,14 @@ MIGRATIONS.append(
     ALTER TABLE accounts ADD COLUMN allow_levels TEXT NOT NULL DEFAULT '';
     """
 )
+
+# 7: AutoQuota (SPEC 3): limits follow the credit granted until set explicitly. Accounts
+# whose limits are not the derived 10 x / 8 x CreditGranted were set by hand: off.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN auto_quota INTEGER NOT NULL DEFAULT 1;
+    UPDATE accounts SET auto_quota = 0
+    WHERE abs(hard_limit - 10 * credit_granted) > 1e-6
+       OR abs(soft_limit - 8 * credit_granted) > 1e-6;
+    """
+)
