@@ -32,6 +32,11 @@ LISTS = {
 PLAIN = {"ChildLimit": "child_limit", "Gear": "gear", "Role": "role", "Tier": "tier"}
 PLAIN |= {"Status": "status", "Suspended": "suspended"}
 FLAGS = ("Status", "Suspended")
+MAPPERS = {
+    "ModelMapper": ("model_mapper", "MODEL_MAPPER"),
+    "LevelMapper": ("level_mapper", "LEVEL_MAPPER"),
+}
+MAX_RULES = 200  # per account mapper
 DEFAULT_CHILD_LIMIT = Account.__dataclass_fields__["child_limit"].default
 
 _int = {"type": "integer", "minimum": 0}
@@ -41,6 +46,7 @@ _list = {
     "maxItems": 500,
     "items": {"type": "string", "maxLength": 200},
 }
+_mapper = {"type": ["object", "string"], "maxProperties": MAX_RULES, "maxLength": 65536}
 FIELDS: dict[str, dict] = {
     "Name": {"type": "string", "minLength": 4, "maxLength": 63},
     "Email": {"type": "string", "minLength": 3, "maxLength": 254},
@@ -58,6 +64,8 @@ FIELDS: dict[str, dict] = {
     "Resources": _list,
     "AllowLevels": {**_list, "items": {"type": ["string", "integer"], "maxLength": 200}},
     "ModelLimits": {"type": ["object", "string"], "maxProperties": 200, "maxLength": 65536},
+    "ModelMapper": _mapper,
+    "LevelMapper": _mapper,
     "ChildLimit": {**_int, "maximum": 1_000_000},
     "Gear": {**_int, "maximum": 1_000_000_000},
     "Role": {**_int, "maximum": 1_000_000_000},
@@ -140,6 +148,9 @@ class Edit:
         self._lists(out)
         if "ModelLimits" in body:
             out["model_limits"] = self._model_limits(body["ModelLimits"])
+        for field, (attr, key) in MAPPERS.items():
+            if field in body:
+                out[attr] = mapper(field, key, body[field])
         self._child_limit(out)
         self._spend_limits(out)
         return out
@@ -256,6 +267,17 @@ class Edit:
             raise bad(f"SoftLimit ({soft:g}) must not exceed HardLimit ({hard:g})")
 
 
+def mapper(field: str, key: str, raw: Any) -> dict:
+    """An account's ModelMapper/LevelMapper: the owner's k=v syntax, set whole ("" clears)."""
+    try:
+        rules = ownerconf.normalize(key, raw)
+    except ValueError as exc:
+        raise bad(str(exc).replace(key, field)) from None
+    if len(rules) > MAX_RULES:
+        raise bad(f"{field} has {len(rules)} rules; at most {MAX_RULES}")
+    return rules
+
+
 # -- the public view -------------------------------------------------------
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -316,6 +338,8 @@ def view(acc: Account) -> dict:
     out |= {field: getattr(acc, attr) for field, (attr, _) in LISTS.items()}
     out |= {
         "ModelLimits": acc.model_limits,
+        "ModelMapper": acc.model_mapper,
+        "LevelMapper": acc.level_mapper,
         "ChildLimit": acc.child_limit,
         "Gear": acc.gear,
         "Role": acc.role,
@@ -344,6 +368,7 @@ ATTR_FIELD = {
     "model_limits": "ModelLimits",
     "owner": "Owner",
     "auto_quota": "AutoQuota",
+    **{attr: field for field, (attr, _) in MAPPERS.items()},
     **{attr: field for field, attr in LIMITS.items()},
     **{attr: field for field, (attr, _) in LISTS.items()},
     **{attr: field for field, attr in PLAIN.items()},

@@ -46,6 +46,7 @@ USER_FIELDS += (
 USER_FIELDS += ("CreditGranted", "CreatedAt", "UpdatedAt")
 LIMIT_FIELDS = ("HardLimit", "SoftLimit", "RPM", "RPH", "RPD", "TPM", "TPH", "TPD")
 LIMIT_FIELDS += ("AutoQuota", "ModelLimits", "ChildLimit")
+MAPPER_FIELDS = ("ModelMapper", "LevelMapper")
 LIST_FIELDS = ("AllowIPs", "AllowModels", "Resources", "AllowLevels")
 NO_QUERY = {"type": "object", "properties": {}}  # nothing to ask; extras are ignored
 BILL_QUERY = {"type": "object", "properties": reports.DATE_QUERY, "additionalProperties": False}
@@ -92,6 +93,7 @@ async def user_info(call):
             "limits": {f: view[f] for f in LIMIT_FIELDS},
             "usage": usage,
             "whitelists": {f: view[f] for f in LIST_FIELDS},
+            "mappers": {f: view[f] for f in MAPPER_FIELDS},
         }
     )
 

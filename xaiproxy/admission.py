@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import orjson
 from aiohttp import web
 
-from . import credentials, forms, ledger, pricing, providers, whitelists
+from . import credentials, forms, ledger, mappers, pricing, providers, whitelists
 from .context import RequestContext
 from .errors import ApiError
 from .routing import Router
@@ -182,8 +182,11 @@ class Admission:
 
     # -- 6 ------------------------------------------------------------------
     def map_model(self, ctx: RequestContext) -> None:
-        """MODEL_MAPPER; and for OpenAI chat streams, ask for usage. Re-encode only on change."""
-        ctx.upstream_model = upstream = ctx.config.map_model(ctx.model) if ctx.model else ""
+        """ModelMapper (nearest rule wins); and for OpenAI chat streams, ask for usage.
+        Re-encode only on change."""
+        model = ctx.model
+        upstream = mappers.map_model(ctx.account, ctx.config, model) if model else ""
+        ctx.upstream_model = upstream
         payload = ctx.payload
         if isinstance(payload, tuple):  # multipart: splice the new name into the bytes
             if upstream != ctx.model:
@@ -220,10 +223,10 @@ class Admission:
 
     @staticmethod
     def route_level(ctx: RequestContext) -> None:
-        """LEVEL_MAPPER gives the level; AllowLevels (own and ancestors') must leave one on
-        its SWITCH_OVER chain."""
-        cfg, acc = ctx.config, ctx.account
-        ctx.level = level = cfg.level_of(ctx.upstream_model) if ctx.upstream_model else 1
+        """LevelMapper (nearest rule wins) gives the level; AllowLevels (own and ancestors')
+        must leave one on its SWITCH_OVER chain."""
+        cfg, acc, upstream = ctx.config, ctx.account, ctx.upstream_model
+        ctx.level = level = mappers.level_of(acc, cfg, upstream) if upstream else 1
         if not Router.levels(cfg.switch_over, level, acc.level_allowed):
             raise ApiError(
                 403,

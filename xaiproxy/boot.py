@@ -10,7 +10,15 @@ import orjson
 
 from . import credentials, vendors
 from .ownerconf import OwnerConfig
-from .state import ACCOUNT_COLUMNS, BOOL_COLUMNS, KEY_COLUMNS, Account, Grant, ProviderKey
+from .state import (
+    ACCOUNT_COLUMNS,
+    BOOL_COLUMNS,
+    JSON_COLUMNS,
+    KEY_COLUMNS,
+    Account,
+    Grant,
+    ProviderKey,
+)
 from .store.ops import AccountPut
 
 log = logging.getLogger("xaiproxy.boot")
@@ -30,7 +38,8 @@ async def load(gw) -> str | None:
         new_root_key = await _create_root(gw)
     for row in await store.load_accounts():
         values = {c: row[c] for c in ACCOUNT_COLUMNS}
-        values["model_limits"] = orjson.loads(values["model_limits"] or "{}")
+        for column in JSON_COLUMNS:
+            values[column] = orjson.loads(values[column] or "{}")
         for column in BOOL_COLUMNS:
             values[column] = bool(values[column])
         state.add_account(Account(**values))

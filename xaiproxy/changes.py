@@ -17,7 +17,15 @@ from . import credentials
 from .state import KEY_COLUMNS, Account, ProviderKey, State
 from .store import ops as o
 
-LIST_ATTRS = {"allow_ips", "allow_models", "resources", "allow_levels"}
+# Fields with a compiled form (matchers, rules), rebuilt when one changes.
+COMPILED = {
+    "allow_ips",
+    "allow_models",
+    "resources",
+    "allow_levels",
+    "model_mapper",
+    "level_mapper",
+}
 
 
 class Changes:
@@ -54,7 +62,7 @@ class Changes:
         state.rename(acc, values.get("name"), values.get("email"))
         for attr, value in values.items():
             setattr(acc, attr, value)
-        if values.keys() & LIST_ATTRS:
+        if values.keys() & COMPILED:
             acc.compile()
         if "owner" in values:
             state.relink(acc)

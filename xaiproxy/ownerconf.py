@@ -29,6 +29,7 @@ KEYS = (
     "RESOURCES",
     "MODEL_LIMITS",
     "PRICING",
+    "LOCK_USER_MAPPER",
     *EMAIL_KEYS,
     *NUMBER_DEFAULTS,
 )
@@ -128,6 +129,8 @@ def normalize(key: str, raw: Any, current: Any = None) -> Any:
         return _merge_models(raw, current, key, LIMIT_FIELDS, True)
     if key == "PRICING":
         return _merge_models(raw, current, key, PRICE_FIELDS, False)
+    if key == "LOCK_USER_MAPPER":
+        return flag(raw, key)
     if key in NUMBER_DEFAULTS:
         try:
             value = float(raw)
@@ -154,6 +157,13 @@ def normalize(key: str, raw: Any, current: Any = None) -> Any:
     raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
 
 
+def flag(raw: Any, key: str) -> bool:
+    text = str(raw).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"{key} takes true or false")
+    return text in ("true", "1")
+
+
 def apply_batch(values: dict, body: dict) -> dict:
     """The whole new value set, or ValueError naming the first bad key; `values` is untouched."""
     if not isinstance(body, dict) or not body:
@@ -164,7 +174,8 @@ def apply_batch(values: dict, body: dict) -> dict:
     return new
 
 
-def _glob_list(mapping: dict) -> list[tuple[Any, str, Any]]:
+def glob_list(mapping: dict) -> list[tuple[Any, str, Any]]:
+    """A mapper's (match, pattern, target) rules, in order: the first match wins."""
     return [(re.compile(fnmatch.translate(k)).match, k, v) for k, v in mapping.items()]
 
 
@@ -179,6 +190,7 @@ class OwnerConfig:
     switch_over: dict = field(default_factory=dict)
     resource_match: Any = None
     model_limits: dict = field(default_factory=dict)
+    lock_user_mapper: bool = False  # accounts' own ModelMapper/LevelMapper are ignored
 
     @classmethod
     def build(cls, owner_id: int, version: int, values: dict, base_prices: Prices) -> OwnerConfig:
@@ -188,8 +200,9 @@ class OwnerConfig:
             version=version,
             values=values,
             prices=base_prices.overlay(values.get("PRICING") or {}),
-            model_mapper=_glob_list(values.get("MODEL_MAPPER") or {}),
-            level_mapper=_glob_list(values.get("LEVEL_MAPPER") or {}),
+            model_mapper=glob_list(values.get("MODEL_MAPPER") or {}),
+            level_mapper=glob_list(values.get("LEVEL_MAPPER") or {}),
+            lock_user_mapper=bool(values.get("LOCK_USER_MAPPER")),
             switch_over={int(k): int(v) for k, v in (values.get("SWITCH_OVER") or {}).items()},
             resource_match=whitelists.compile_globs(" ".join(resources)),
             model_limits=values.get("MODEL_LIMITS") or {},

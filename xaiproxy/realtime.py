@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import errors, ledger, providers
+from . import errors, ledger, mappers, providers
 from .admission import release
 from .context import RequestContext
 from .errors import ApiError
@@ -92,7 +92,7 @@ class Realtime:
         if not model or len(model) > 256:
             raise ApiError(400, "missing_model", "/v1/realtime needs ?model=<a realtime model>")
         ctx.model = model
-        ctx.upstream_model = ctx.config.map_model(model)
+        ctx.upstream_model = mappers.map_model(acc, ctx.config, model)
         adm.check_models(acc, model)
         adm.route_level(ctx)
         ctx.prompt_estimate = 1

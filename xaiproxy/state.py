@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from . import whitelists
+from . import ownerconf, whitelists
 from .errors import ApiError
 
 ACCOUNT_COLUMNS = [
@@ -45,6 +45,8 @@ ACCOUNT_COLUMNS = [
     "resources",
     "allow_levels",
     "model_limits",
+    "model_mapper",
+    "level_mapper",
     "child_limit",
     "gear",
     "role",
@@ -74,6 +76,7 @@ KEY_COLUMNS = [
     "updated_at",
 ]
 BOOL_COLUMNS = ("status", "owner", "suspended", "auto_quota")  # stored as 0/1
+JSON_COLUMNS = ("model_limits", "model_mapper", "level_mapper")  # stored as JSON text
 FILTER_RE = re.compile(r"^([LGRTF])(\d+(?:\.\d+)?)$")
 FILTER_FIELDS = {"L": "level", "G": "gear", "R": "role", "T": "tier", "F": "factor"}
 
@@ -117,6 +120,8 @@ class Account:
     resources: str = ""
     allow_levels: str = ""  # routing levels; "" = all
     model_limits: dict = field(default_factory=dict)
+    model_mapper: dict = field(default_factory=dict)  # own MODEL_MAPPER rules (SPEC 3)
+    level_mapper: dict = field(default_factory=dict)
     child_limit: int = 1000
     gear: int = 0
     role: int = 0
@@ -145,6 +150,8 @@ class Account:
     model_match: Any = None
     resource_match: Any = None
     level_set: frozenset[int] | None = None
+    model_rules: list = field(default_factory=list)  # compiled model_mapper
+    level_rules: list = field(default_factory=list)
     limiter: Any = None  # limits.AccountLimits, attached lazily by the data plane
 
     @property
@@ -154,17 +161,20 @@ class Account:
     def row(self) -> dict:
         """The account as store columns."""
         values = {c: getattr(self, c) for c in ACCOUNT_COLUMNS}
-        values["model_limits"] = orjson.dumps(self.model_limits).decode()
+        for column in JSON_COLUMNS:
+            values[column] = orjson.dumps(values[column]).decode()
         for column in BOOL_COLUMNS:
             values[column] = int(values[column])
         return values
 
     def compile(self) -> None:
-        """Rebuild matchers after a whitelist changes."""
+        """Rebuild matchers after a whitelist or mapper changes."""
         self.ip_nets = whitelists.compile_ips(self.allow_ips)
         self.model_match = whitelists.compile_globs(self.allow_models)
         self.resource_match = whitelists.compile_globs(self.resources)
         self.level_set = whitelists.compile_levels(self.allow_levels)
+        self.model_rules = ownerconf.glob_list(self.model_mapper)
+        self.level_rules = ownerconf.glob_list(self.level_mapper)
 
     def is_descendant_of(self, other: Account) -> bool:
         return self is not other and self.dna.startswith(other.dna)

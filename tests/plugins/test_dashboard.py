@@ -53,7 +53,7 @@ async def test_user_info(api, pair):
     r = await api.get("/dashboard/x-user-info", key=akey)
     assert r.status == 200, r.body
     body = r.body
-    assert set(body) == {"object", "user", "balance", "limits", "usage", "whitelists"}
+    assert set(body) == {"object", "user", "balance", "limits", "usage", "whitelists", "mappers"}
     assert body["user"]["ID"] == aid and body["user"]["Name"] == "alpha-team"
     assert body["user"]["DNA"] == f".1.{aid}." and body["user"]["Children"] == 1
     assert "SecretKey" not in body["user"] and akey not in r.raw.decode()

@@ -22,6 +22,77 @@ async def op_details(api, action: str, target: int) -> list[str]:
     return [r["details"] for r in rows]
 
 
+# -- ModelMapper / LevelMapper ------------------------------------------------------
+async def sent_model(api, fake, key: str, model: str) -> str:
+    r = await api.post("/v1/chat/completions", chat(model), key=key)
+    assert r.status == 200, r.body
+    return fake.last.json["model"]
+
+
+async def test_the_nearest_model_mapper_wins(api, upstream):
+    await add_key(api, upstream)
+    await set_config(api, MODEL_MAPPER="gpt-3.5*=gpt-4o-mini")
+    pid, pkey = await add_user(api, 100, ModelMapper="gpt-3.5*=parent-model, alias-*=gpt-4o")
+    cid, ckey = await add_user(api, 10, key=pkey)
+    r = await api.put(f"/x-users/{cid}", {"ModelMapper": {"gpt-3.5-turbo": "child-model"}})
+    assert r.status == 200 and r.body["User"]["Updates"] == {
+        "ModelMapper": {"gpt-3.5-turbo": "child-model"}
+    }
+    sid, skey = await add_user(api, 10)
+    assert await sent_model(api, upstream, ckey, "gpt-3.5-turbo") == "child-model"
+    assert await sent_model(api, upstream, ckey, "gpt-3.5-x") == "parent-model"
+    assert await sent_model(api, upstream, ckey, "alias-a") == "gpt-4o"
+    assert await sent_model(api, upstream, pkey, "gpt-3.5-turbo") == "parent-model"
+    assert await sent_model(api, upstream, skey, "gpt-3.5-turbo") == "gpt-4o-mini"
+    # the owner locks accounts' own mappers: only its config counts
+    await set_config(api, LOCK_USER_MAPPER=True)
+    assert (await api.get("/x-config")).body["configs"]["LOCK_USER_MAPPER"] is True
+    assert await sent_model(api, upstream, ckey, "gpt-3.5-turbo") == "gpt-4o-mini"
+    assert await sent_model(api, upstream, ckey, "alias-a") == "alias-a"
+    await set_config(api, LOCK_USER_MAPPER="false")
+    assert await sent_model(api, upstream, ckey, "gpt-3.5-turbo") == "child-model"
+    # "" clears the account's own rules
+    assert (await api.put(f"/x-users/{cid}", {"ModelMapper": ""})).status == 200
+    assert await sent_model(api, upstream, ckey, "gpt-3.5-turbo") == "parent-model"
+
+
+async def test_the_nearest_level_mapper_wins(api, make_upstream):
+    one, two = await make_upstream(), await make_upstream()
+    await add_key(api, one, level=1)
+    await add_key(api, two, level=2)
+    pid, pkey = await add_user(api, 100, LevelMapper="gpt-4o*=2")
+    cid, ckey = await add_user(api, 10, key=pkey, LevelMapper={"gpt-4o-mini": 1})
+    await sent_model(api, two, ckey, "gpt-4o")  # the parent's rule
+    await sent_model(api, one, ckey, "gpt-4o-mini")  # its own rule beats the parent's
+    await sent_model(api, two, pkey, "gpt-4o-mini")
+    assert (len(one.seen), len(two.seen)) == (1, 2)
+    await set_config(api, LOCK_USER_MAPPER=True)
+    await sent_model(api, one, pkey, "gpt-4o")  # the config has no rule: level 1
+    assert (len(one.seen), len(two.seen)) == (2, 2)
+
+
+async def test_mapper_fields_are_checked_shown_and_logged(api):
+    uid, ukey = await add_user(api, 10)
+    for body, words in (
+        ({"ModelMapper": "no-pair"}, "ModelMapper: 'no-pair' is not a k=v pair"),
+        ({"LevelMapper": "gpt-4o=high"}, "LevelMapper: level 'high'"),
+        ({"ModelMapper": 5}, "ModelMapper"),
+        ({"LevelMapper": {f"m{i}": 1 for i in range(201)}}, "LevelMapper"),
+    ):
+        r = await api.put(f"/x-users/{uid}", body)
+        assert r.status == 400 and words in r.body["error"]["message"], r.body
+    r = await api.put("/x-config", {"LOCK_USER_MAPPER": "maybe"})
+    assert r.status == 400 and "LOCK_USER_MAPPER" in r.body["error"]["message"]
+    acc = api.gw.state.accounts[uid]
+    assert (acc.model_mapper, acc.level_mapper) == ({}, {})
+    fields = {"ModelMapper": {"gpt-3.5*": "gpt-4o-mini"}, "LevelMapper": {"claude*": 3}}
+    assert (await api.put(f"/x-users/{uid}", fields)).status == 200
+    assert {k: (await api.get(f"/x-users/{uid}")).body[k] for k in fields} == fields
+    info = (await api.get("/dashboard/x-user-info", key=ukey)).body
+    assert info["mappers"] == fields
+    assert "changed LevelMapper, ModelMapper" in await op_details(api, "update_user", uid)
+
+
 # -- Suspended -------------------------------------------------------------------
 async def test_suspended_parent_stops_itself_but_not_its_child(api, upstream):
     await add_key(api, upstream)
@@ -221,13 +292,15 @@ async def test_fields_persist_across_a_restart(aiohttp_server, tmp_path):
     api = await start_gateway(aiohttp_server, path)
     uid, ukey = await add_user(api, 10)
     fields = {"Suspended": True, "AllowLevels": "1 3", "AutoQuota": False}
+    fields |= {"ModelMapper": {"a*": "b"}, "LevelMapper": {"b": 2}}
     assert (await api.put(f"/x-users/{uid}", fields)).status == 200
     await api.close()
     api = await start_gateway(aiohttp_server, path)
     try:
         shown = (await api.get(f"/x-users/{uid}")).body
         assert {k: shown[k] for k in fields} == fields
-        assert api.gw.state.accounts[uid].level_set == {1, 3}
+        acc = api.gw.state.accounts[uid]
+        assert acc.level_set == {1, 3} and acc.model_rules[0][0]("a1")
         assert (await api.get("/x-users", key=ukey)).error_code == "account_suspended"
     finally:
         await api.close()

@@ -217,6 +217,14 @@ MIGRATIONS.append(
     """
 )
 
+# 5: SQLite 8, an account's own mappers.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN model_mapper TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE accounts ADD COLUMN level_mapper TEXT NOT NULL DEFAULT '{}';
+    """
+)
+
 # The types of the usage columns, in USAGE_COLUMNS order, for unnest() of a batch.
 _USAGE_TYPES = {
     "ts": "float8",

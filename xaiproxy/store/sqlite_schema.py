@@ -247,3 +247,12 @@ MIGRATIONS.append(
        OR abs(soft_limit - 8 * credit_granted) > 1e-6;
     """
 )
+
+# 8: an account's own ModelMapper and LevelMapper (SPEC 3), JSON objects like the
+# owner's MODEL_MAPPER / LEVEL_MAPPER.
+MIGRATIONS.append(
+    """
+    ALTER TABLE accounts ADD COLUMN model_mapper TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE accounts ADD COLUMN level_mapper TEXT NOT NULL DEFAULT '{}';
+    """
+)
