@@ -200,14 +200,14 @@ MIGRATIONS.append(
     """
 )
 
-# 3: SQLite 6, AllowLevels.
+# 3: SQLite 7, AllowLevels.
 MIGRATIONS.append(
     """
     ALTER TABLE accounts ADD COLUMN allow_levels TEXT NOT NULL DEFAULT '';
     """
 )
 
-# 4: SQLite 7, AutoQuota.
+# 4: SQLite 8, AutoQuota.
 MIGRATIONS.append(
     """
     ALTER TABLE accounts ADD COLUMN auto_quota INTEGER NOT NULL DEFAULT 1;
@@ -217,7 +217,7 @@ MIGRATIONS.append(
     """
 )
 
-# 5: SQLite 8, an account's own mappers.
+# 5: SQLite 9, an account's own mappers.
 MIGRATIONS.append(
     """
     ALTER TABLE accounts ADD COLUMN model_mapper TEXT NOT NULL DEFAULT '{}';

@@ -230,14 +230,14 @@ MIGRATIONS.append(
     """
 )
 
-# 6: AllowLevels (SPEC 3): the routing levels an account's requests may use; '' = all.
+# 7: AllowLevels (SPEC 3): the routing levels an account's requests may use; '' = all.
 MIGRATIONS.append(
     """
     ALTER TABLE accounts ADD COLUMN allow_levels TEXT NOT NULL DEFAULT '';
     """
 )
 
-# 7: AutoQuota (SPEC 3): limits follow the credit granted until set explicitly. Accounts
+# 8: AutoQuota (SPEC 3): limits follow the credit granted until set explicitly. Accounts
 # whose limits are not the derived 10 x / 8 x CreditGranted were set by hand: off.
 MIGRATIONS.append(
     """
@@ -248,7 +248,7 @@ MIGRATIONS.append(
     """
 )
 
-# 8: an account's own ModelMapper and LevelMapper (SPEC 3), JSON objects like the
+# 9: an account's own ModelMapper and LevelMapper (SPEC 3), JSON objects like the
 # owner's MODEL_MAPPER / LEVEL_MAPPER.
 MIGRATIONS.append(
     """
