@@ -1,4 +1,5 @@
-"""Owner configuration: GET/PUT/POST/DELETE /x-config and the /x-conf overview (owners only).
+"""Owner configuration: GET/PUT/POST/DELETE /x-config, the /x-conf overview, and the
+POST /x-conf cascade of account settings (`_cascade.py`) (owners only).
 
 The overview also shows each key's recent failed upstream attempts (status or network
 outcome, with the time), kept in memory by this instance from the data plane's
@@ -14,6 +15,7 @@ from collections import deque
 from xaiproxy import ownerconf
 from xaiproxy.errors import ApiError
 
+from . import _cascade
 from ._userfields import iso
 from .keys import public as public_key
 
@@ -160,5 +162,14 @@ def setup(gw) -> None:
         "/x-conf",
         overview(failures),
         summary="Owner overview: config, keys and their state (sleeping, recent failures), thresholds",
+        **opts,
+    )
+    gw.route(
+        "POST",
+        "/x-conf",
+        _cascade.cascade,
+        summary="Push ModelMapper, LevelMapper, ModelLimits, Resources, AllowLevels down to"
+        " every descendant (all or nothing)",
+        body=_cascade.BODY,
         **opts,
     )

@@ -30,6 +30,7 @@ ACCOUNT_ACTIONS = (
     "rotate_root",
     "create_news",
     "delete_news",
+    "cascade_config",
 )
 USER_FIELDS = ("ID", "Name", "Email", "Alias", "BillingEmail", "ParentID", "DNA", "Level")
 USER_FIELDS += (
