@@ -235,6 +235,25 @@ class Admission:
                 " account or one above it excludes",
             )
 
+    def failover(self, ctx: RequestContext) -> bool:
+        """MODEL_FAILOVER, after every key failed before the first byte: serve the request
+        with the failover model instead, once, if AllowModels and AllowLevels let it."""
+        if ctx.failover or not isinstance(ctx.payload, dict):
+            return False
+        cfg, acc = ctx.config, ctx.account
+        target = cfg.failover_of(ctx.upstream_model)
+        if not target or target == ctx.upstream_model:
+            return False
+        if not all(a.model_match is None or a.model_match(target) for a in acc.chain):
+            return False
+        level = mappers.level_of(acc, cfg, target)
+        if not Router.levels(cfg.switch_over, level, acc.level_allowed):
+            return False
+        ctx.failover, ctx.upstream_model, ctx.level = True, target, level
+        ctx.payload["model"] = target
+        ctx.body = orjson.dumps(ctx.payload)
+        return True
+
     # -- 8 ------------------------------------------------------------------
     def reserve(self, ctx: RequestContext) -> None:
         acc = ctx.account

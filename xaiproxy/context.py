@@ -25,7 +25,8 @@ class RequestContext:
     body: bytes = b""
     payload: Any = None  # parsed JSON body, when it is JSON
     model: str = ""  # as the client asked
-    upstream_model: str = ""  # after MODEL_MAPPER
+    upstream_model: str = ""  # after MODEL_MAPPER (and MODEL_FAILOVER): what is served
+    failover: bool = False  # MODEL_FAILOVER replaced the model after every key failed
     stream: bool = False
     strip_usage: bool = False  # we asked for include_usage; the client did not
     level: int = 0

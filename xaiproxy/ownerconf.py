@@ -30,6 +30,7 @@ KEYS = (
     "MODEL_LIMITS",
     "PRICING",
     "LOCK_USER_MAPPER",
+    "MODEL_FAILOVER",
     *EMAIL_KEYS,
     *NUMBER_DEFAULTS,
 )
@@ -110,7 +111,7 @@ def _merge_models(raw, current, key, allowed, integer) -> dict:
 
 def normalize(key: str, raw: Any, current: Any = None) -> Any:
     """Validate one key's new value; return its stored form. ValueError says what is wrong."""
-    if key == "MODEL_MAPPER":
+    if key in ("MODEL_MAPPER", "MODEL_FAILOVER"):
         return {_model(k, key): _model(v, key) for k, v in _pairs(raw, key)}
     if key == "LEVEL_MAPPER":
         return {_model(k, key): _level(v, key) for k, v in _pairs(raw, key)}
@@ -191,6 +192,7 @@ class OwnerConfig:
     resource_match: Any = None
     model_limits: dict = field(default_factory=dict)
     lock_user_mapper: bool = False  # accounts' own ModelMapper/LevelMapper are ignored
+    model_failover: list = field(default_factory=list)
 
     @classmethod
     def build(cls, owner_id: int, version: int, values: dict, base_prices: Prices) -> OwnerConfig:
@@ -203,6 +205,7 @@ class OwnerConfig:
             model_mapper=glob_list(values.get("MODEL_MAPPER") or {}),
             level_mapper=glob_list(values.get("LEVEL_MAPPER") or {}),
             lock_user_mapper=bool(values.get("LOCK_USER_MAPPER")),
+            model_failover=glob_list(values.get("MODEL_FAILOVER") or {}),
             switch_over={int(k): int(v) for k, v in (values.get("SWITCH_OVER") or {}).items()},
             resource_match=whitelists.compile_globs(" ".join(resources)),
             model_limits=values.get("MODEL_LIMITS") or {},
@@ -216,6 +219,13 @@ class OwnerConfig:
             if match(model):
                 return target
         return model
+
+    def failover_of(self, model: str) -> str:
+        """MODEL_FAILOVER's model for one whose every key failed; "" when none."""
+        for match, _pattern, target in self.model_failover:
+            if match(model):
+                return target
+        return ""
 
     def level_of(self, model: str) -> int:
         for match, _pattern, level in self.level_mapper:

@@ -160,12 +160,24 @@ class Relay:
 
     # -- route and forward -------------------------------------------------------
     async def forward(self, ctx: RequestContext) -> web.StreamResponse:
-        """Try candidate keys until one answers; before the first byte, failures move on."""
+        """Try candidate keys until one answers; when none did, once more with the
+        MODEL_FAILOVER model, if one applies."""
+        resp, last = await self._route(ctx, self.settings.max_attempts)
+        if resp is None and self.admission.failover(ctx):
+            resp, again = await self._route(ctx, ctx.attempts + self.settings.max_attempts)
+            last = again or last
+        if resp is None:
+            return self._all_failed(ctx, last, ctx.account.owner_acc.id)
+        return await self.relay(ctx, resp)
+
+    async def _route(self, ctx: RequestContext, budget: int):
+        """(answer, None) from the first key that answers, else (None, the last error
+        answer); before the first byte, failures move on."""
         cfg, owner_id = ctx.config, ctx.account.owner_acc.id
         last = None
         allowed = ctx.account.level_allowed
         for level, key in self.router.candidates(owner_id, cfg.switch_over, ctx.level, allowed):
-            if ctx.attempts >= self.settings.max_attempts:
+            if ctx.attempts >= budget:
                 break
             ctx.attempts += 1
             ctx.key, ctx.level = key, level
@@ -179,8 +191,8 @@ class Relay:
                     status, _ctype, body = last  # in the client's protocol's error shape
                     last = (status, "application/json", ctx.plan.answer.error(status, body))
                 continue
-            return await self.relay(ctx, resp)
-        return self._all_failed(ctx, last, owner_id)
+            return resp, None
+        return None, last
 
     async def _attempt(self, ctx: RequestContext, key):
         """One upstream request until its headers: (answer, status) or (None, failure).
@@ -464,6 +476,7 @@ class Relay:
             (time.perf_counter() - ctx.started) * 1000.0,
             int(ctx.estimated),
             ctx.request_id,
+            int(ctx.failover),
         )
 
     # -- GET /v1/models ---------------------------------------------------------------

@@ -32,6 +32,7 @@ class UsageRecord(NamedTuple):
     latency_ms: float
     estimated: int
     request_id: str
+    failover: int = 0  # 1: served by MODEL_FAILOVER's model after every key failed
 
 
 # -- accounts ----------------------------------------------------------------

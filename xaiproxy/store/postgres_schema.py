@@ -225,6 +225,13 @@ MIGRATIONS.append(
     """
 )
 
+# 6: SQLite 10, the usage record's failover mark.
+MIGRATIONS.append(
+    """
+    ALTER TABLE usage ADD COLUMN failover INTEGER NOT NULL DEFAULT 0;
+    """
+)
+
 # The types of the usage columns, in USAGE_COLUMNS order, for unnest() of a batch.
 _USAGE_TYPES = {
     "ts": "float8",
@@ -238,6 +245,7 @@ _USAGE_TYPES = {
     "level": "int4",
     "status": "int4",
     "estimated": "int4",
+    "failover": "int4",
 }
 
 _UNNEST = ", ".join(

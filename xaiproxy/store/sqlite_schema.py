@@ -256,3 +256,10 @@ MIGRATIONS.append(
     ALTER TABLE accounts ADD COLUMN level_mapper TEXT NOT NULL DEFAULT '{}';
     """
 )
+
+# 10: MODEL_FAILOVER (SPEC 6): the usage record says the failover model served it.
+MIGRATIONS.append(
+    """
+    ALTER TABLE usage ADD COLUMN failover INTEGER NOT NULL DEFAULT 0;
+    """
+)
