@@ -77,7 +77,7 @@ FIELDS: dict[str, dict] = {
 }
 CREATE_BODY = {
     "type": "object",
-    "properties": FIELDS,
+    "properties": FIELDS | {"SendKey": {"type": "boolean"}},
     "required": ["Name", "Email", "CreditGranted"],
     "additionalProperties": False,
 }

@@ -14,6 +14,7 @@ from xaiproxy import credentials, idempotency, ledger
 from xaiproxy.errors import ApiError
 from xaiproxy.state import FILTER_RE, Account
 
+from . import _sendkey
 from . import _userfields as uf
 from ._paging import PAGING_QUERY, page
 
@@ -56,6 +57,7 @@ async def guarded(call, body, work):
 async def create(call):
     call.require_api_balance()
     gw, caller, body = call.gw, call.caller, call.body
+    mail: list = []  # what SendKey mails once the account is stored
 
     def work():
         if not caller.is_root and len(caller.children) >= caller.child_limit:
@@ -69,9 +71,18 @@ async def create(call):
         least = gw.config(caller.owner_acc.id).number("USER_MIN_BALANCE")
         if amount < least:
             raise uf.bad(f"CreditGranted must be at least {least:g}", "invalid_amount")
-        return _add(gw, caller, body, values, amount)
+        if body.get("SendKey"):
+            _sendkey.check(gw, caller.owner_acc)
+        answer, ops, status = _add(gw, caller, body, values, amount)
+        if body.get("SendKey"):
+            user = answer["User"]
+            mail[:] = [user["ID"], values["name"], values["email"], user["SecretKey"]]
+        return answer, ops, status
 
-    return await guarded(call, body, work)
+    response = await guarded(call, body, work)
+    if mail:  # stored (a replay runs no work and mails nothing)
+        _sendkey.send(gw, caller.owner_acc, *mail)
+    return response
 
 
 def _add(gw, caller: Account, body: dict, values: dict, amount: float):
@@ -92,8 +103,12 @@ def _add(gw, caller: Account, body: dict, values: dict, amount: float):
     )
     money_ops = gw.ledger.fund(caller, acc, amount, _days(body), caller, "initial")
     details = f"created user {acc.name} ({acc.email}) with CreditGranted {amount:g}"
+    if body.get("SendKey"):
+        details += "; key sent by email"
     ops = [*gw.changes.create(acc), *money_ops, gw.oplog(caller, "add_user", acc.id, details)]
     shown = uf.updates(values) | {"CreditGranted": amount, "Balance": ledger.balance(acc)}
+    if body.get("SendKey"):
+        shown["SendKey"] = True
     answer = {
         "Action": "add",
         "User": {"ID": acc.id, "SecretKey": key, "Updates": shown},
@@ -265,6 +280,7 @@ async def get_branch(call):
 
 def setup(gw) -> None:
     idempotency.guard(gw)
+    gw.on_shutdown(_sendkey.drain)
     tag = "users"
     gw.route(
         "POST",
