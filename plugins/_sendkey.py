@@ -21,6 +21,7 @@ from .alerts import smtp_options
 
 log = logging.getLogger("xaiproxy.sendkey")
 SMTP_TIMEOUT = 15.0
+DRAIN_SECONDS = 5.0
 _tasks: set[asyncio.Task] = set()  # kept until done, so none is collected mid-send
 
 
@@ -41,10 +42,10 @@ def send(gw, owner: Account, acc_id: int, name: str, to: str, key: str) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-async def drain(timeout: float = 5.0) -> None:
+async def drain() -> None:
     """At shutdown: give mails on their way a short while to go out."""
     if _tasks:
-        await asyncio.wait(set(_tasks), timeout=timeout)
+        await asyncio.wait(set(_tasks), timeout=DRAIN_SECONDS)
 
 
 async def _send(gw, owner_id: int, acc_id: int, name: str, to: str, key: str) -> None:
