@@ -108,7 +108,7 @@ def extend_level_mapper(cfg, key: ProviderKey) -> dict | None:
     added = {}
     for pattern in vendors.families(key.type, key.provider):
         sample = pattern.rstrip("*") or pattern
-        if not any(match(sample) for match, _p, _l in cfg.level_mapper) and pattern not in current:
+        if cfg.level_mapper.lookup(sample) is None and pattern not in current:
             added[pattern] = key.level
     return {**current, **added} if added else None
 

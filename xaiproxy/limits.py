@@ -16,12 +16,12 @@ the raw model name, so random model names cannot grow memory.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 
 from aiolimiter import AsyncLimiter
 
 from .errors import ApiError
+from .globs import GlobTable
 
 PERIODS = (("m", 60.0), ("h", 3600.0), ("d", 86400.0))
 FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
@@ -100,26 +100,34 @@ def _buckets(per_period: tuple[int, ...]) -> list[Bucket]:
 class AccountLimits:
     """acc.limiter: the account's own buckets plus one `Limits` per matched model pattern."""
 
-    __slots__ = ("values", "own", "models")
+    __slots__ = ("values", "own", "models", "source", "table")
 
     def __init__(self, values: tuple[int, ...]) -> None:
         self.values = values
         self.own = Limits(values) if any(values) else None
         self.models: dict[tuple[str, str], Limits] = {}  # (source, pattern) -> buckets
+        self.source: dict | None = None  # the account's ModelLimits that `table` compiles
+        self.table = GlobTable(())
+
+    def own_table(self, model_limits: dict) -> GlobTable:
+        """The account's ModelLimits, compiled once per value (a change makes a new dict)."""
+        if self.source is not model_limits:
+            self.source = model_limits
+            self.table = GlobTable(model_limits.items(), exact_first=True)
+        return self.table
 
 
 def _values(obj) -> tuple[int, ...]:
     return tuple(int(getattr(obj, f)) for f in FIELDS)
 
 
-def match(table: dict, model: str) -> tuple[str, tuple[int, ...]] | None:
+def match(table: GlobTable, model: str) -> tuple[str, tuple[int, ...]] | None:
     """(pattern, limits) of the entry that governs `model`: exact name, else first glob."""
-    key = model if model in table else None
-    if key is None:
-        key = next((k for k in table if fnmatch.fnmatchcase(model, k)), None)
-    if key is None:
+    hit = table.lookup(model)
+    if hit is None:
         return None
-    values = tuple(int(table[key].get(f, 0)) for f in FIELDS)
+    key, entry = hit
+    values = tuple(int(entry.get(f, 0)) for f in FIELDS)
     return (key, values) if any(values) else None
 
 
@@ -135,7 +143,7 @@ def _limiter(acc) -> AccountLimits:
     return al
 
 
-def _model_scope(al: AccountLimits, source: str, table: dict, model: str) -> Limits | None:
+def _model_scope(al: AccountLimits, source: str, table: GlobTable, model: str) -> Limits | None:
     found = match(table, model)
     if found is None:
         return None
@@ -146,7 +154,7 @@ def _model_scope(al: AccountLimits, source: str, table: dict, model: str) -> Lim
     return ml
 
 
-def scopes(acc, owner_limits: dict, model: str) -> list[Limits]:
+def scopes(acc, owner_limits: GlobTable, model: str) -> list[Limits]:
     """Every Limits this request counts against, from root down to the account."""
     out: list[Limits] = []
     below_owner = False
@@ -154,7 +162,7 @@ def scopes(acc, owner_limits: dict, model: str) -> list[Limits]:
         al = _limiter(a)
         if al.own:
             out.append(al.own)
-        tables = [("account", a.model_limits)] if a.model_limits else []
+        tables = [("account", al.own_table(a.model_limits))] if a.model_limits else []
         if owner_limits and (below_owner or a is acc):
             tables.append(("owner", owner_limits))
         if model:

@@ -40,7 +40,7 @@ def level_of(acc: Account, cfg: OwnerConfig, model: str) -> int:
 
 def patterns(acc: Account, cfg: OwnerConfig) -> list[str]:
     """Every model name a ModelMapper in force for acc maps from."""
-    rules = list(cfg.model_mapper)
+    names = [pattern for pattern, _target in cfg.model_mapper.entries]
     if not cfg.lock_user_mapper:
-        rules += [r for a in upward(acc) for r in a.model_rules]
-    return [pattern for _match, pattern, _target in rules]
+        names += [pattern for a in upward(acc) for _match, pattern, _target in a.model_rules]
+    return names

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from . import whitelists
+from .globs import GlobTable
 from .pricing import FIELDS as PRICE_FIELDS
 from .pricing import Prices
 
@@ -34,7 +35,8 @@ KEYS = (
     *EMAIL_KEYS,
     *NUMBER_DEFAULTS,
 )
-_MODEL_RE = re.compile(r"^[A-Za-z0-9_.:/@*?\[\]\-]{1,128}$")
+_MODEL_RE = re.compile(r"[A-Za-z0-9_.:/@*?\[\]\-]{1,200}")
+MAX_ENTRIES = 1000  # per mapper, MODEL_LIMITS, PRICING or RESOURCES
 
 
 def _pairs(raw: Any, key: str) -> list[tuple[str, str]]:
@@ -55,9 +57,17 @@ def _pairs(raw: Any, key: str) -> list[tuple[str, str]]:
     return out
 
 
+def _bounded(items, key: str):
+    if len(items) > MAX_ENTRIES:
+        raise ValueError(f"{key} has {len(items)} entries; at most {MAX_ENTRIES} are allowed")
+    return items
+
+
 def _model(name: str, key: str) -> str:
-    if not _MODEL_RE.match(name):
-        raise ValueError(f"{key}: {name!r} is not a model name or pattern")
+    if not _MODEL_RE.fullmatch(name):
+        raise ValueError(
+            f"{key}: {name[:100]!r} is not a model name or pattern (at most 200 characters)"
+        )
     return name
 
 
@@ -77,7 +87,7 @@ def _json_object(raw: Any, key: str) -> dict:
             raise ValueError(f"{key} must be a JSON object (string or object)") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{key} must be a JSON object")
-    return raw
+    return _bounded(raw, key)
 
 
 def _numbers(entry: Any, allowed: tuple, key: str, model: str, integer: bool) -> dict:
@@ -106,24 +116,24 @@ def _merge_models(raw, current, key, allowed, integer) -> dict:
             merged.pop(model, None)
         else:
             merged[model] = _numbers(entry, allowed, key, model, integer)
-    return merged
+    return _bounded(merged, key)
 
 
 def normalize(key: str, raw: Any, current: Any = None) -> Any:
     """Validate one key's new value; return its stored form. ValueError says what is wrong."""
     if key in ("MODEL_MAPPER", "MODEL_FAILOVER"):
-        return {_model(k, key): _model(v, key) for k, v in _pairs(raw, key)}
+        return {_model(k, key): _model(v, key) for k, v in _bounded(_pairs(raw, key), key)}
     if key == "LEVEL_MAPPER":
-        return {_model(k, key): _level(v, key) for k, v in _pairs(raw, key)}
+        return {_model(k, key): _level(v, key) for k, v in _bounded(_pairs(raw, key), key)}
     if key == "SWITCH_OVER":
-        out = {str(_level(k, key)): _level(v, key) for k, v in _pairs(raw, key)}
+        out = {str(_level(k, key)): _level(v, key) for k, v in _bounded(_pairs(raw, key), key)}
         for k, v in out.items():
             if int(k) == v:
                 raise ValueError(f"SWITCH_OVER: level {k} cannot switch over to itself")
         return out
     if key == "RESOURCES":
         items = list(raw) if isinstance(raw, dict) else whitelists.split(raw)
-        for item in items:
+        for item in _bounded(items, key):
             whitelists.validate_path(item)
         return {p: {} for p in items}
     if key == "MODEL_LIMITS":
@@ -186,13 +196,13 @@ class OwnerConfig:
     version: int = 0
     values: dict = field(default_factory=dict)
     prices: Prices | None = None
-    model_mapper: list = field(default_factory=list)
-    level_mapper: list = field(default_factory=list)
+    model_mapper: GlobTable = field(default_factory=lambda: GlobTable(()))
+    level_mapper: GlobTable = field(default_factory=lambda: GlobTable(()))
     switch_over: dict = field(default_factory=dict)
     resource_match: Any = None
-    model_limits: dict = field(default_factory=dict)
+    model_limits: GlobTable = field(default_factory=lambda: GlobTable((), exact_first=True))
     lock_user_mapper: bool = False  # accounts' own ModelMapper/LevelMapper are ignored
-    model_failover: list = field(default_factory=list)
+    model_failover: GlobTable = field(default_factory=lambda: GlobTable(()))
 
     @classmethod
     def build(cls, owner_id: int, version: int, values: dict, base_prices: Prices) -> OwnerConfig:
@@ -202,36 +212,27 @@ class OwnerConfig:
             version=version,
             values=values,
             prices=base_prices.overlay(values.get("PRICING") or {}),
-            model_mapper=glob_list(values.get("MODEL_MAPPER") or {}),
-            level_mapper=glob_list(values.get("LEVEL_MAPPER") or {}),
+            model_mapper=GlobTable((values.get("MODEL_MAPPER") or {}).items()),
+            level_mapper=GlobTable((values.get("LEVEL_MAPPER") or {}).items()),
             lock_user_mapper=bool(values.get("LOCK_USER_MAPPER")),
-            model_failover=glob_list(values.get("MODEL_FAILOVER") or {}),
+            model_failover=GlobTable((values.get("MODEL_FAILOVER") or {}).items()),
             switch_over={int(k): int(v) for k, v in (values.get("SWITCH_OVER") or {}).items()},
             resource_match=whitelists.compile_globs(" ".join(resources)),
-            model_limits=values.get("MODEL_LIMITS") or {},
+            model_limits=GlobTable((values.get("MODEL_LIMITS") or {}).items(), exact_first=True),
         )
 
     def number(self, key: str) -> float:
         return float(self.values.get(key, NUMBER_DEFAULTS[key]))
 
     def map_model(self, model: str) -> str:
-        for match, _pattern, target in self.model_mapper:
-            if match(model):
-                return target
-        return model
+        return self.model_mapper.value(model, model)
 
     def failover_of(self, model: str) -> str:
         """MODEL_FAILOVER's model for one whose every key failed; "" when none."""
-        for match, _pattern, target in self.model_failover:
-            if match(model):
-                return target
-        return ""
+        return self.model_failover.value(model, "")
 
     def level_of(self, model: str) -> int:
-        for match, _pattern, level in self.level_mapper:
-            if match(model):
-                return level
-        return 1
+        return self.level_mapper.value(model, 1)
 
     def public(self) -> dict:
         """What GET /x-config shows: everything but secrets."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fnmatch
 import tomllib
 from dataclasses import dataclass
 
 from . import __version__
 from .settings import packaged
+from .globs import GlobTable, is_glob
 
 FIELDS = ("input", "output", "cached_input", "cache_write")
 
@@ -34,35 +34,24 @@ FREE = Price(0.0, 0.0, 0.0, 0.0)
 
 
 class Prices:
-    """Exact name first, then the longest matching glob, then "*"; cached per model name."""
+    """Exact name first, then the longest matching glob, then "*" (one compiled table)."""
 
     def __init__(self, table: dict[str, dict]) -> None:
         self.table = table
-        self._exact = {k: Price.of(v) for k, v in table.items() if not _is_glob(k)}
-        globs = [(k, Price.of(v)) for k, v in table.items() if _is_glob(k) and k != "*"]
-        self._globs = sorted(globs, key=lambda kv: -len(kv[0]))
+        entries = sorted(
+            ((k, Price.of(v)) for k, v in table.items() if k != "*"), key=lambda kv: -len(kv[0])
+        )
+        self._table = GlobTable(entries, exact_first=True)
         self._fallback = Price.of(table["*"]) if "*" in table else FREE
-        self._cache: dict[str, Price] = {}
 
     def __call__(self, model: str) -> Price:
-        price = self._cache.get(model)
-        if price is None:
-            price = self._exact.get(model) or next(
-                (p for pat, p in self._globs if fnmatch.fnmatchcase(model, pat)), self._fallback
-            )
-            if len(self._cache) < 10_000:
-                self._cache[model] = price
-        return price
+        return self._table.value(model, self._fallback)
 
     def overlay(self, overrides: dict[str, dict]) -> Prices:
         return Prices({**self.table, **overrides}) if overrides else self
 
     def models(self) -> list[str]:
-        return sorted(k for k in self.table if not _is_glob(k))
-
-
-def _is_glob(name: str) -> bool:
-    return any(c in name for c in "*?[")
+        return sorted(k for k in self.table if not is_glob(k))
 
 
 class PricesError(ValueError):
