@@ -51,6 +51,7 @@ class Admission:
         ctx.config = self.gw.config(acc.owner_acc.id)
         self.check_ip(ctx)
         self.check_resources(ctx)
+        self.gw.objects.admit(ctx)
 
     async def admit(self, ctx: RequestContext) -> None:
         """Checks 5-9, after `identify`; on return ctx holds model, body and reservation."""

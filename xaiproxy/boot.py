@@ -63,6 +63,7 @@ async def load(gw) -> str | None:
         values["type"] = values["type"] or vendors.infer(values["provider"])
         state.put_key(ProviderKey(**values))
     await _load_configs(gw)
+    await gw.objects.load()
     # Ids are never reused: deleted accounts and keys live on in usage and grants.
     for table, max_id in (await store.max_ids()).items():
         state.seed_id(table, max_id)

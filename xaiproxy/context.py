@@ -55,3 +55,4 @@ class RequestContext:
     target: str = ""  # the normalised path and filtered query sent upstream; "" = refused
 
     plan: Any = None  # vendors.Plan of the current attempt; None when it went as it came
+    objects: Any = None  # objects.Plan, on a stateful path (files, batches, ...)

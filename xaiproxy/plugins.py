@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from . import admission, changes, credentials, ledger, limits
+from . import admission, changes, credentials, ledger, limits, objects
 from .context import RequestContext
 from .errors import ApiError, StartError
 from .hooks import Hooks
@@ -182,6 +182,7 @@ class Gateway:
         self.box = credentials.SecretBox(settings.secret_key)  # provider keys at rest
         self.draining = False
         self.streams_open = 0  # data-plane responses being relayed right now (relay.py)
+        self.objects = objects.Objects(self)  # who made each stateful provider object
 
     # -- registration ----------------------------------------------------
     def route(self, method: str, path: str, handler, **options) -> RouteSpec:

@@ -6,8 +6,8 @@ import tomllib
 from dataclasses import dataclass
 
 from . import __version__
-from .settings import packaged
 from .globs import GlobTable, is_glob
+from .settings import packaged
 
 FIELDS = ("input", "output", "cached_input", "cache_write")
 

@@ -168,6 +168,8 @@ class Relay:
             last = again or last
         if resp is None:
             return self._all_failed(ctx, last, ctx.account.owner_acc.id)
+        if ctx.objects is not None and ctx.objects.mode == "list":
+            return await ctx.objects.list_answer(resp, self._response_headers(ctx, resp))
         return await self.relay(ctx, resp)
 
     async def _route(self, ctx: RequestContext, budget: int):
@@ -329,6 +331,8 @@ class Relay:
         else:
             ctype = up.header(b"content-type") or ""
             scanner = sse.scanner_for(ctype, ctx.protocol.usage, ctx.strip_usage)
+        if ctx.objects is not None:
+            scanner = ctx.objects.tee(scanner)  # to record the objects the answer names
         if up.complete and not isinstance(getattr(scanner, "inner", scanner), sse.StreamScanner):
             return self._whole(ctx, up, scanner, headers)
         out = web.StreamResponse(status=up.status, headers=headers)

@@ -232,6 +232,20 @@ MIGRATIONS.append(
     """
 )
 
+# 7: SQLite migration 11, who made each stateful provider object (xaiproxy/objects.py).
+MIGRATIONS.append(
+    """
+    CREATE TABLE objects (
+        owner_id BIGINT NOT NULL,
+        object_id TEXT NOT NULL,
+        account_id BIGINT NOT NULL,
+        dna TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (owner_id, object_id)
+    );
+    """
+)
+
 # The types of the usage columns, in USAGE_COLUMNS order, for unnest() of a batch.
 _USAGE_TYPES = {
     "ts": "float8",

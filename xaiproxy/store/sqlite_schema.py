@@ -263,3 +263,18 @@ MIGRATIONS.append(
     ALTER TABLE usage ADD COLUMN failover INTEGER NOT NULL DEFAULT 0;
     """
 )
+
+# 11: who made each stateful provider object (files, batches, ...) created through the
+# gateway, so only that account and its ancestors reach it (xaiproxy/objects.py).
+MIGRATIONS.append(
+    """
+    CREATE TABLE objects (
+        owner_id INTEGER NOT NULL,
+        object_id TEXT NOT NULL,
+        account_id INTEGER NOT NULL,
+        dna TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (owner_id, object_id)
+    ) WITHOUT ROWID;
+    """
+)

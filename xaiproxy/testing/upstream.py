@@ -16,6 +16,8 @@ probe, included); a request carrying an `OpenAI-Organization` other than
 Other controls: `x-fake-chunks` (content chunks, default 3), `x-fake-delay` (seconds
 between chunks), `x-fake-cached` / `x-fake-cache-write` (cached prompt tokens),
 `x-fake-usage` (a JSON object merged into the usage: huge, negative or odd counts).
+A tiny files and batches API (create, list, get, content, delete; a batch names an
+output file) and `GET /v1/responses/{id}` keep objects for the ownership tests.
 """
 
 from __future__ import annotations
@@ -78,8 +80,16 @@ class FakeUpstream:
         r.add_post("/v1/audio/transcriptions", self.transcriptions)
         r.add_post("/v1/audio/speech", self.speech)
         r.add_post("/v1/messages", self.messages)
-        r.add_get("/v1/files", self.files)
         r.add_get("/v1/models", self.models)
+        self.objects: dict[str, dict] = {}  # a tiny files + batches API, shared by every key
+        r.add_post("/v1/files", self.create_file)
+        r.add_post("/v1/batches", self.create_batch)
+        for kind in ("files", "batches"):
+            r.add_get(f"/v1/{kind}", self.list_objects)
+            r.add_get(f"/v1/{kind}/{{id}}", self.get_object)
+            r.add_delete(f"/v1/{kind}/{{id}}", self.delete_object)
+        r.add_get("/v1/files/{id}/content", self.file_content)
+        r.add_get("/v1/responses/{id}", self.get_object)
 
     @classmethod
     async def start(cls) -> FakeUpstream:
@@ -274,7 +284,7 @@ class FakeUpstream:
         }
         response = {"id": "resp_1", "object": "response", "model": seen.json.get("model")}
         if not seen.json.get("stream"):
-            return web.json_response({**response, "output": [], "usage": usage})
+            return web.json_response(self._new({**response, "output": [], "usage": usage}))
         events = [
             _event(
                 "response.created",
@@ -318,9 +328,47 @@ class FakeUpstream:
             return web.json_response({"error": {"message": "bad key", "code": "x"}}, status=401)
         return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini"}]})
 
-    async def files(self, request: web.Request) -> web.StreamResponse:
+    # -- files and batches: stored objects, for the ownership tests ---------------------
+    def _new(self, obj: dict) -> dict:
+        self.objects[obj["id"]] = obj
+        return obj
+
+    async def create_file(self, request: web.Request) -> web.StreamResponse:
+        seen, _ = await self._record(request)
+        form = await _form(seen)
+        data = form.get("file", b"")
+        n = next(self._ids)
+        obj = {"id": f"file-{n}", "object": "file", "bytes": len(data), "content": data.decode()}
+        return web.json_response(self._new({**obj, "purpose": form.get("purpose", "")}))
+
+    async def create_batch(self, request: web.Request) -> web.StreamResponse:
+        seen, _ = await self._record(request)
+        n = next(self._ids)
+        out = self._new({"id": f"file-out{n}", "object": "file", "content": "results"})
+        batch = {"id": f"batch_{n}", "object": "batch", "status": "completed"}
+        batch |= {"input_file_id": seen.json.get("input_file_id"), "output_file_id": out["id"]}
+        return web.json_response(self._new(batch))
+
+    async def list_objects(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
-        return web.json_response({"object": "list", "data": []})
+        kind = request.path.rsplit("/", 1)[1][:-1]  # files -> file
+        data = [o for o in self.objects.values() if o["object"] == kind]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
+
+    async def get_object(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        obj = self.objects.get(request.match_info["id"])
+        return web.json_response(obj) if obj else _not_found()
+
+    async def file_content(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        obj = self.objects.get(request.match_info["id"])
+        return web.Response(body=obj["content"].encode()) if obj else _not_found()
+
+    async def delete_object(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        obj = self.objects.pop(request.match_info["id"], None)
+        return web.json_response({"id": obj["id"], "deleted": True}) if obj else _not_found()
 
     # -- Anthropic ----------------------------------------------------------------
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -386,6 +434,11 @@ def _usage_override(request: web.Request, usage: dict) -> dict:
     """`x-fake-usage: {"completion_tokens": 18446744073709551615}` sets any usage fields."""
     extra = request.headers.get("x-fake-usage")
     return {**usage, **orjson.loads(extra)} if extra else usage
+
+
+def _not_found() -> web.Response:
+    err = {"message": "no such object", "type": "invalid_request_error", "code": "not_found"}
+    return web.json_response({"error": err}, status=404)
 
 
 def _event(name: str, data: dict) -> bytes:
