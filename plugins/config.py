@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from xaiproxy import ownerconf
+from xaiproxy import ownerconf, ssrf
 from xaiproxy.errors import ApiError
 
 from . import _cascade
@@ -86,9 +86,32 @@ async def update_config(call):
         values = ownerconf.apply_batch(current.values, call.body)
     except ValueError as exc:
         raise ApiError(400, "invalid_config", str(exc)) from None
+    if not caller.is_root and call.body.keys() & {"EMAIL_SMTP", "EMAIL_PORT"}:
+        await check_mail_server(gw, caller, values)
     log = gw.oplog(caller, "update_config", caller.id, "set " + ", ".join(sorted(call.body)))
     cfg = await gw.save_config(caller.id, values, [log])
     return call.json(_answer(call, cfg))
+
+
+async def check_mail_server(gw, caller, values: dict) -> None:
+    """A tenant's SMTP server: a public host (the provider SSRF rule) on a mail port."""
+    port = values.get("EMAIL_PORT")
+    if port is not None and port not in ownerconf.MAIL_PORTS:
+        ports = ", ".join(map(str, ownerconf.MAIL_PORTS))
+        raise ApiError(400, "invalid_config", f"EMAIL_PORT must be one of {ports}")
+    host = values.get("EMAIL_SMTP")
+    if not host or not ssrf.restricted(caller.is_root, gw.settings):
+        return
+    private = await ssrf.resolves_private(host)
+    if private is None:
+        raise ApiError(400, "invalid_config", f"cannot resolve the EMAIL_SMTP host {host[:100]!r}")
+    if private:
+        raise ApiError(
+            400,
+            "invalid_config",
+            "EMAIL_SMTP must be a public mail server; only root may use a loopback or"
+            " private address",
+        )
 
 
 async def delete_config(call):

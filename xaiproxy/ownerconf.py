@@ -23,6 +23,8 @@ LIMIT_FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 NUMBER_DEFAULTS = {"USER_MIN_BALANCE": 2.0, "USER_API_BALANCE": 20.0, "LOW_BALANCE": 3.0}
 EMAIL_KEYS = ("XAI_MAIL", "EMAIL_SMTP", "EMAIL_PORT", "EMAIL_AUTH", "EMAIL_PASS", "EMAIL_TLS")
 SECRET_KEYS = ("EMAIL_PASS",)
+MAIL_PORTS = (25, 465, 587, 2525)  # what a non-root owner's EMAIL_PORT may be
+_HOST_RE = re.compile(r"[A-Za-z0-9.:\-]{1,253}")  # a name, IPv4 or IPv6 (no brackets)
 KEYS = (
     "MODEL_MAPPER",
     "LEVEL_MAPPER",
@@ -151,9 +153,14 @@ def normalize(key: str, raw: Any, current: Any = None) -> Any:
             raise ValueError(f"{key} must be a number from 0 to 1e9")
         return value
     if key == "EMAIL_PORT":
-        if not str(raw).isdigit() or not 0 < int(raw) < 65536:
+        if not re.fullmatch(r"[0-9]{1,5}", str(raw)) or not 0 < int(raw) < 65536:
             raise ValueError("EMAIL_PORT must be a port number 1-65535")
         return int(raw)
+    if key == "EMAIL_SMTP":
+        host = str(raw).strip()
+        if host and not _HOST_RE.fullmatch(host):
+            raise ValueError("EMAIL_SMTP must be a host name or address (no scheme, no port)")
+        return host
     if key == "EMAIL_TLS":
         text = str(raw).strip().lower()
         if text not in ("true", "false", "1", "0", "starttls", "tls", "none", ""):

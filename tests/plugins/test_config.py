@@ -157,3 +157,28 @@ async def test_x_conf_shows_each_keys_recent_failures(make_gateway, make_upstrea
     assert all(f["at"].endswith("Z") for entries in failures.values() for f in entries)
     assert (await api.delete(f"/x-keys/{first}")).status == 200
     assert list((await api.get("/x-conf")).body["failures"]) == [str(second)]
+
+async def test_tenant_mail_server_must_be_public_and_on_a_mail_port(make_gateway):
+    from tests.fakes import add_user
+
+    api = await make_gateway(allow_private_providers=False)
+    _, tenant = await add_user(api, Owner=True)
+    for body in (
+        {"EMAIL_SMTP": "127.0.0.1"},
+        {"EMAIL_SMTP": "localhost"},
+        {"EMAIL_SMTP": "10.1.2.3"},
+        {"EMAIL_SMTP": "169.254.169.254"},
+        {"EMAIL_SMTP": "::1"},
+        {"EMAIL_SMTP": "8.8.8.8", "EMAIL_PORT": 6379},
+        {"EMAIL_SMTP": "http://8.8.8.8:25/"},
+        {"EMAIL_PORT": "²⁵"},
+    ):
+        r = await api.put("/x-config", body, key=tenant)
+        assert r.status == 400 and r.error_code == "invalid_config", (body, r.body)
+    assert (await api.get("/x-config", key=tenant)).body["configs"] == {}
+    for port in (25, 465, 587, 2525):
+        r = await api.put("/x-config", {"EMAIL_SMTP": "8.8.8.8", "EMAIL_PORT": port}, key=tenant)
+        assert r.status == 200, r.body
+    # Root runs the machine: its own mail server may be local, on any port.
+    r = await api.put("/x-config", {"EMAIL_SMTP": "127.0.0.1", "EMAIL_PORT": 8025})
+    assert r.status == 200
