@@ -204,10 +204,10 @@ class Alerts:
         host = values.get("EMAIL_SMTP")
         if not host:
             raise RuntimeError("the owner removed EMAIL_SMTP")
-        if ssrf.restricted(mail.owner_id == self.gw.state.root.id, self.gw.settings):
-            # Checked again at send time: the name may resolve elsewhere by now.
-            if await ssrf.resolves_private(host) is not False:
-                raise RuntimeError(f"EMAIL_SMTP {host!r} is not a public address")
+        # Checked again at send time: the name may resolve elsewhere by now.
+        restricted = ssrf.restricted(mail.owner_id == self.gw.state.root.id, self.gw.settings)
+        if restricted and await ssrf.resolves_private(host) is not False:
+            raise RuntimeError(f"EMAIL_SMTP {host!r} is not a public address")
         msg = EmailMessage()
         msg["From"] = values.get("XAI_MAIL") or values.get("EMAIL_AUTH") or f"xaiproxy@{host}"
         msg["To"] = mail.to
