@@ -153,3 +153,28 @@ async def test_every_metric_is_documented(api):
     doc = (Path(__file__).parent.parent / "docs" / "OPERATIONS.md").read_text()
     names = {family.name for family in api.gw.app[metrics.METRICS].registry.collect()}
     assert names and not [n for n in sorted(names) if f"`{n}" not in doc]
+
+
+async def test_label_values_are_bounded(make_gateway, upstream):  # noqa: F811
+    api = await ready(make_gateway, upstream)
+    _, key = await add_user(api, credit=50)
+    for i in range(20):  # random model names: the upstream answers them all
+        assert (await api.post(CHAT, chat(f"made-up-{i}"), key=key)).status == 200
+    assert (await api.post(CHAT, chat("gpt-4o-mini"), key=key)).status == 200
+    models = {
+        dict(ls).get("model") for (n, ls) in await scrape(api) if n == "xaiproxy_tokens_total"
+    }
+    assert models == {"other", "gpt-4o-mini"}
+    # An open-ended label keeps its first values; later ones are "other".
+    label = metrics.Bounded(cap=2)
+    assert [label(v) for v in ("a", "b", "c", "a", "d")] == ["a", "b", "other", "a", "other"]
+
+
+async def test_metrics_token(make_gateway):
+    api = await make_gateway(metrics_token="s3cret-metrics")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-metrics"}):
+        r = await api.get("/metrics", key="", headers=headers)
+        assert r.status == 401 and r.error_code == "invalid_metrics_token"
+        assert "xaiproxy_" not in r.raw.decode()
+    r = await api.get("/metrics", key="s3cret-metrics")
+    assert r.status == 200 and b"xaiproxy_requests_total" in r.raw

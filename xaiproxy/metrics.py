@@ -10,11 +10,14 @@ Three sources, all cheap on the hot path:
   the batched writer's queue depth, flush latency, flushes and write errors.
 On the hot path a request costs a few dict updates (`Tally`, `Hist`); the families are
 built from them at scrape time and rendered by prometheus-client.
-Label values are bounded: paths are route patterns or the documented /v1 paths.
+Label values are bounded: paths are route patterns or the documented /v1 paths;
+a model outside its owner's price table is `other`; and each of the model, owner
+and key labels takes at most `MAX_VALUES` distinct values (later ones are `other`).
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from bisect import bisect_left
 from itertools import accumulate
@@ -24,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import __version__
+from . import __version__, errors
 from .ledger import NANO
 from .openapi import DATA_PLANE_PATHS
 from .plugins import REQUEST_CALLER, context_of
@@ -47,6 +50,26 @@ REJECTIONS = frozenset(
 RETRYABLE = frozenset({401, 403, 429})  # and every 5xx, and every network outcome
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write")
+MAX_VALUES = 500  # distinct values per open-ended label (model, owner, key)
+OTHER = "other"
+
+
+class Bounded:
+    """An open-ended label: the first `cap` distinct values are kept, the rest are `other`."""
+
+    __slots__ = ("cap", "seen")
+
+    def __init__(self, cap: int = MAX_VALUES) -> None:
+        self.cap = cap
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.cap:
+            return OTHER
+        self.seen.add(value)
+        return value
 
 
 def path_label(request: web.BaseRequest) -> str:
@@ -61,6 +84,13 @@ def path_label(request: web.BaseRequest) -> str:
 
 def failed(outcome) -> bool:
     return not isinstance(outcome, int) or outcome >= 500 or outcome in RETRYABLE
+
+
+def model_label(ctx) -> str:
+    """The model billed, if the owner's price table names it; else `other`."""
+    model = ctx.upstream_model or ctx.model
+    prices = ctx.config.prices if ctx.config is not None else None
+    return model if prices is not None and prices.known(model) else OTHER
 
 
 def _owner_of(request: web.BaseRequest) -> str:
@@ -124,6 +154,7 @@ class Metrics:
 
     def __init__(self, gw) -> None:
         self.gw = gw
+        self.model, self.owner, self.key = Bounded(), Bounded(), Bounded()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Tally(
             "xaiproxy_requests", "HTTP requests answered", ["path", "status", "owner"]
@@ -177,7 +208,8 @@ class Metrics:
 
     # -- every response ------------------------------------------------------
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        self.requests.inc((path_label(request), str(response.status), _owner_of(request)))
+        owner = self.owner(_owner_of(request))
+        self.requests.inc((path_label(request), str(response.status), owner))
 
     # -- every data-plane request --------------------------------------------
     def observe(self, ctx) -> None:
@@ -186,7 +218,7 @@ class Metrics:
         if ctx.error in REJECTIONS:
             self.rejections.inc((ctx.error,))
         if ctx.prompt_tokens or ctx.completion_tokens or ctx.cost_n:
-            self._usage(ctx, ctx.upstream_model or ctx.model)
+            self._usage(ctx, self.model(model_label(ctx)))
         stream = ("true",) if ctx.stream else ("false",)
         self.duration.observe(stream, time.perf_counter() - ctx.started)
         if ctx.ttfb:
@@ -195,7 +227,7 @@ class Metrics:
     def _attempts(self, attempt_log: list) -> None:
         previous = None
         for key_id, level, outcome in attempt_log:
-            key, lvl = str(key_id), str(level)
+            key, lvl = self.key(str(key_id)), str(level)
             self.attempts.inc((lvl, key))
             if failed(outcome):
                 self.failures.inc((lvl, key, str(outcome)))
@@ -291,8 +323,24 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 METRICS = web.AppKey("metrics", Metrics)
 
 
+def authorized(request: web.Request, token: str) -> bool:
+    if not token:
+        return True
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
+
+
 async def _scrape(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
+    metrics = request.app[METRICS]
+    if not authorized(request, metrics.gw.settings.metrics_token):
+        return errors.response(
+            401,
+            "invalid_metrics_token",
+            "GET /metrics needs 'Authorization: Bearer <metrics_token>'",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    body = metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

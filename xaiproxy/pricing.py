@@ -47,6 +47,10 @@ class Prices:
     def __call__(self, model: str) -> Price:
         return self._table.value(model, self._fallback)
 
+    def known(self, model: str) -> bool:
+        """Whether the table names this model exactly (not through a glob)."""
+        return model in self.table and not is_glob(model)
+
     def overlay(self, overrides: dict[str, dict]) -> Prices:
         return Prices({**self.table, **overrides}) if overrides else self
 

@@ -63,6 +63,8 @@ class Settings:
     shutdown_grace: float = 30.0
     access_log: str = "-"
     metrics: bool = True
+    # Bearer token GET /metrics asks for (its labels name owners and keys); empty = open.
+    metrics_token: str = field(default="", repr=False)
     allow_private_providers: bool = False
     # Fernet-style secret for provider keys at rest; empty = stored as given.
     secret_key: str = field(default="", repr=False)
