@@ -6,6 +6,10 @@ everything below it, matched against the tree as it is when the news is read. A
 caller may address its own DNA group (news for its whole subtree). Deleting a target
 removes the news the caller wrote for it; root's DELETE /x-news removes all system
 news. Expired items are never shown and are pruned whenever news is written.
+
+News is bounded (SPEC 6): content at most 8 KB of UTF-8, `days` at most 365, at most
+`MAX_LIVE` unexpired items per author, and writing news needs the balance other
+management changes need (USER_API_BALANCE; root exempt).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from ._userfields import iso
 DNA_RE = re.compile(r"^\.(?:[0-9]{1,18}\.)+$")
 SYSTEM_DAYS, TARGETED_DAYS = 7.0, 32.0
 LIMIT = 100  # items of each kind a reader gets, newest first
+MAX_LIVE = 100  # unexpired items one author may have
+MAX_CONTENT = 8192  # bytes of UTF-8
 NEWS_BODY = {
     "type": "object",
     "properties": {
         "title": {"type": "string", "minLength": 1, "maxLength": 200},
-        "content": {"type": "string", "minLength": 1, "maxLength": 20000},
-        "days": {"type": "number", "exclusiveMinimum": 0, "maximum": 3650},
+        "content": {"type": "string", "minLength": 1, "maxLength": MAX_CONTENT},
+        "days": {"type": "number", "exclusiveMinimum": 0, "maximum": 365},
     },
     "required": ["title", "content"],
     "additionalProperties": False,
@@ -77,9 +83,28 @@ def _item(row) -> dict:
     }
 
 
+async def _check_room(call, now: float) -> None:
+    """The content's size, the caller's balance, and its count of live items."""
+    call.require_api_balance()
+    if len(call.body["content"].encode("utf-8", "surrogatepass")) > MAX_CONTENT:
+        raise ApiError(400, "invalid_request", f"content: at most {MAX_CONTENT} bytes of UTF-8")
+    if await call.gw.store.news_live(call.caller.id, now) >= MAX_LIVE:
+        raise _full()
+
+
+def _full() -> ApiError:
+    return ApiError(
+        403,
+        "news_limit_reached",
+        f"you have {MAX_LIVE} unexpired news items; delete some before publishing more",
+    )
+
+
 async def _create(call, target: Target | None, default_days: float):
     gw, caller, body = call.gw, call.caller, call.body
-    now, news_id = time.time(), gw.state.next_id("news")
+    now = time.time()
+    await _check_room(call, now)
+    news_id = gw.state.next_id("news")
     expires = now + float(body.get("days", default_days)) * DAY
     target_id = None if target is None or target.dna else target.account.id
     target_dna = target.dna if target else None
@@ -96,6 +121,7 @@ async def _create(call, target: Target | None, default_days: float):
                 body["content"],
                 now,
                 expires,
+                max_live=MAX_LIVE,  # counted again in the writer, whatever a reader saw
             ),
             gw.oplog(
                 caller,
@@ -105,6 +131,8 @@ async def _create(call, target: Target | None, default_days: float):
             ),
         ]
     )
+    if not await gw.store.news_exists(news_id):
+        raise _full()
     item = {"id": news_id, "title": body["title"], "content": body["content"]}
     item |= {"target": label, "created_at": iso(now), "expires_at": iso(expires)}
     return call.json({"success": True, "news": item}, status=201)

@@ -158,6 +158,7 @@ async def test_x_conf_shows_each_keys_recent_failures(make_gateway, make_upstrea
     assert (await api.delete(f"/x-keys/{first}")).status == 200
     assert list((await api.get("/x-conf")).body["failures"]) == [str(second)]
 
+
 async def test_tenant_mail_server_must_be_public_and_on_a_mail_port(make_gateway):
     from tests.fakes import add_user
 

@@ -189,3 +189,39 @@ async def test_bad_bodies_are_400(api, tree, body):
 async def test_invalid_json_is_400(api):
     r = await api.post("/x-news", data=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status == 400 and r.error_code == "invalid_json"
+
+
+async def test_news_is_bounded(api):
+    import asyncio
+
+    from tests.fakes import add_user
+
+    kid, key = await add_user(api, credit=100)
+    dna = f".1.{kid}."
+    for body in (
+        {**NEWS, "content": "é" * 4097},  # 4,097 characters, 8,194 bytes
+        {**NEWS, "content": "x" * 8193},
+        {**NEWS, "days": 366},
+        {**NEWS, "days": 3650},
+    ):
+        r = await api.post(f"/x-news/{dna}", body, key=key)
+        assert r.status == 400 and r.error_code == "invalid_request", r.body
+    r = await api.post(f"/x-news/{dna}", {**NEWS, "content": "x" * 8192, "days": 365}, key=key)
+    assert r.status == 201, r.body
+    # At most 100 live items per author, even when they arrive together.
+    answers = await asyncio.gather(
+        *(api.post(f"/x-news/{dna}", {**NEWS, "title": f"n{i}"}, key=key) for i in range(104))
+    )
+    codes = sorted(r.status for r in answers)
+    assert codes == [201] * 99 + [403] * 5, codes
+    assert {r.error_code for r in answers if r.status == 403} == {"news_limit_reached"}
+    live = await api.gw.store.scalar("SELECT COUNT(*) FROM news WHERE author_id = ?", (kid,))
+    logged = await api.gw.store.scalar(
+        "SELECT COUNT(*) FROM op_logs WHERE operator_id = ? AND action = 'create_news'", (kid,)
+    )
+    assert live == logged == 100
+    # Writing news needs the balance other management changes need (root exempt).
+    poor_id, poor = await add_user(api, credit=5)
+    r = await api.post(f"/x-news/.1.{poor_id}.", NEWS, key=poor)
+    assert r.status == 403 and r.error_code == "insufficient_balance"
+    assert (await api.post("/x-news", NEWS)).status == 201

@@ -165,6 +165,7 @@ class NewsPut:
     content: str
     created_at: float
     expires_at: float
+    max_live: int = 0  # > 0: written only while the author has fewer unexpired items
 
 
 @dataclass(frozen=True, slots=True)

@@ -431,6 +431,15 @@ class SQLiteStore:
             where, params = "author_id = ? AND target_id = ?", (match.author_id, match.target_id)
         return [r[0] for r in await self._tuples(f"SELECT id FROM news WHERE {where}", params)]
 
+    async def news_live(self, author_id: int, now: float) -> int:
+        """How many unexpired news items the author has."""
+        return await self.scalar(
+            "SELECT COUNT(*) FROM news WHERE author_id = ? AND expires_at > ?", (author_id, now)
+        )
+
+    async def news_exists(self, news_id: int) -> bool:
+        return await self.scalar("SELECT 1 FROM news WHERE id = ?", (news_id,)) is not None
+
     async def news_system(self, now: float, limit: int) -> list[dict]:
         """Unexpired system news, newest first."""
         return await self._dicts(
@@ -558,6 +567,17 @@ def _account_move(op: o.AccountMove) -> list[Statement]:
     ]
 
 
+def _news_put(op: o.NewsPut) -> Statement:
+    row = {k: v for k, v in _fields(op).items() if k != "max_live"}
+    if not op.max_live:
+        return _insert("news", row)
+    return (
+        f"INSERT INTO news ({', '.join(row)}) SELECT {', '.join('?' * len(row))}"
+        " WHERE (SELECT COUNT(*) FROM news WHERE author_id = ? AND expires_at > ?) < ?",
+        (*row.values(), op.author_id, op.created_at, op.max_live),
+    )
+
+
 def _config_set(op: o.ConfigSet) -> list[Statement]:
     out: list[Statement] = [("DELETE FROM owner_config WHERE owner_id = ?", (op.owner_id,))]
     out += [
@@ -595,7 +615,7 @@ RENDER = {
     o.IdempotencyPrune: lambda op: [
         ("DELETE FROM idempotency WHERE created_at <= ?", (op.before,))
     ],
-    o.NewsPut: lambda op: [_insert("news", _fields(op))],
+    o.NewsPut: lambda op: [_news_put(op)],
     o.NewsDelete: lambda op: [
         ("DELETE FROM news WHERE id IN (SELECT value FROM json_each(?))", (str(list(op.ids)),))
     ],
