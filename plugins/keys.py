@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import urlsplit
 
 from yarl import URL
 
-from xaiproxy import credentials, ssrf, vendors
+from xaiproxy import credentials, providers, ssrf, vendors
 from xaiproxy.errors import ApiError
-from xaiproxy.state import ProviderKey
+from xaiproxy.state import ProviderKey, is_id
 
 from ._paging import PAGING_QUERY, page
 from ._userfields import iso
 
+SECRET_RE = re.compile(r"[\x21-\x7e]+")  # fullmatch: no trailing newline either
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
+HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]{0,4096}")  # no CR, LF or other control bytes
+MAX_HEADERS = 32
 KEY_FIELDS = {
     "SecretKey": {
         "type": "string",
@@ -51,6 +56,53 @@ LIST_QUERY = {
 }
 
 
+def check_config(config: dict, current: dict) -> dict:
+    """A key's Config: `auth` a known style, `headers` tokens -> clean values (the vendor
+    fields, `deployments`, `api_version`, `protocols`, are the vendors' to read).
+
+    A header value sent back exactly as an answer masked it keeps the stored value,
+    so a Config read, edited and sent back does not overwrite secrets with masks.
+    """
+    auth = config.get("auth")
+    if auth is not None and auth not in providers.AUTH_STYLES:
+        styles = ", ".join(providers.AUTH_STYLES)
+        raise ApiError(400, "invalid_config", f"Config.auth must be one of {styles}")
+    headers = config.get("headers", {})
+    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
+        raise ApiError(
+            400, "invalid_config", f"Config.headers must be an object of at most {MAX_HEADERS}"
+        )
+    old = current.get("headers") or {}
+    out = {}
+    for name, value in headers.items():
+        if not HEADER_NAME_RE.fullmatch(name) or name.lower() in providers.DROP_REQUEST:
+            raise ApiError(
+                400, "invalid_config", f"Config.headers: {name[:40]!r} is not a header name to set"
+            )
+        if not isinstance(value, str) or not HEADER_VALUE_RE.fullmatch(value):
+            raise ApiError(
+                400,
+                "invalid_config",
+                f"Config.headers.{name}: a text value without control characters (CR, LF)",
+            )
+        kept = old.get(name)
+        out[name] = kept if kept is not None and value == credentials.mask(kept) else value
+    return {**config, "headers": out} if "headers" in config else dict(config)
+
+
+def public_config(config: dict) -> dict:
+    """Config as answers show it: header values masked (they often hold credentials)."""
+    headers = config.get("headers")
+    if not headers:
+        return config
+    return {**config, "headers": {k: credentials.mask(v) for k, v in headers.items()}}
+
+
+def _check_secret(body: dict) -> None:
+    if "SecretKey" in body and not SECRET_RE.fullmatch(body["SecretKey"]):
+        raise ApiError(400, "invalid_request", "SecretKey: printable ASCII without spaces")
+
+
 def public(key: ProviderKey, now: float | None = None) -> dict:
     now = time.time() if now is None else now
     return {
@@ -64,7 +116,7 @@ def public(key: ProviderKey, now: float | None = None) -> dict:
         "Sleeping": key.sleep_until > now,
         "SleepUntil": iso(key.sleep_until) if key.sleep_until > now else None,
         "SleepReason": key.sleep_reason if key.sleep_until > now else "",
-        "Config": key.config,
+        "Config": public_config(key.config),
         "CreatedAt": iso(key.created_at),
         "UpdatedAt": iso(key.updated_at),
     }
@@ -114,7 +166,7 @@ def extend_level_mapper(cfg, key: ProviderKey) -> dict | None:
 
 
 def _owned(call, ident: str) -> ProviderKey:
-    key = call.gw.state.keys.get(int(ident)) if ident.isdigit() and len(ident) < 12 else None
+    key = call.gw.state.keys.get(int(ident)) if is_id(ident) else None
     if key is None or key.owner_id != call.caller.id:
         raise ApiError(404, "not_found", f"key {ident[:40]!r} not found")
     return key
@@ -126,6 +178,8 @@ async def gkey(call):
 
 async def add_key(call):
     gw, body, caller = call.gw, call.body, call.caller
+    _check_secret(body)
+    config = check_config(body.get("Config", {}), {})
     provider = await check_provider(gw, caller, body["Provider"])
     key_type = vendors.check_type(body["Type"]) if "Type" in body else vendors.infer(provider)
     now = time.time()
@@ -137,7 +191,7 @@ async def add_key(call):
         name=body.get("Name", ""),
         level=body["Level"],
         status=body.get("Status", True),
-        config=body.get("Config", {}),
+        config=config,
         type=key_type,
         created_at=now,
         updated_at=now,
@@ -161,10 +215,16 @@ async def add_key(call):
 async def update_key(call):
     gw, body = call.gw, call.body
     key = _owned(call, call.param("id"))
+    _check_secret(body)
+    if "Config" in body:
+        body = {**body, "Config": check_config(body["Config"], key.config)}
     provider = (
         await check_provider(gw, call.caller, body["Provider"]) if "Provider" in body else None
     )
     key_type = vendors.check_type(body["Type"]) if "Type" in body else None
+    if gw.state.keys.get(key.id) is not key:
+        # Deleted while the provider host was being resolved: never bring it back.
+        raise ApiError(404, "not_found", f"key {key.id} not found")
     fields = {
         "Name": "name",
         "Level": "level",
@@ -191,9 +251,9 @@ async def list_keys(call):
     ident = call.param("id")
     keys = sorted(gw.state.owner_keys(call.caller.id), key=lambda k: k.id)
     if ident:
-        if ident.isdigit():
+        if is_id(ident):
             return call.json(public(_owned(call, ident)))
-        if ident[:1] == "L" and ident[1:].isdigit():
+        if ident[:1] == "L" and is_id(ident[1:]):
             keys = [k for k in keys if k.level == int(ident[1:])]
         else:
             keys = [k for k in keys if (urlsplit(k.provider).hostname or "") == ident.lower()]

@@ -70,3 +70,23 @@ async def test_ids_of_deleted_accounts_and_keys_are_never_reused(aiohttp_server,
         assert r.body["Key"]["ID"] > key
     finally:
         await second.close()
+
+
+def test_a_malformed_root_key_stops_the_start_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for bad in ("letmein", "sk-Xvs" + "a" * 45 + "\n", "sk-Xvs" + "a" * 44 + "!"):
+        env = {**os.environ, "XAI_ROOT_KEY": bad, "XAI_DB": str(tmp_path / "x.db")}
+        done = subprocess.run(
+            [sys.executable, "-m", "xaiproxy", "serve", "--port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "XAI_ROOT_KEY" in line and bad.strip() not in line
+        assert not (tmp_path / "x.db").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from .state import (
     Grant,
     ProviderKey,
 )
+from .store import ops as o
 from .store.ops import AccountPut
 
 log = logging.getLogger("xaiproxy.boot")
@@ -55,13 +57,7 @@ async def load(gw) -> str | None:
         if acc is not None:
             acc.month, acc.month_spend = month, spent_n * acc.rates / 1e9
     _load_tree_spend(state, month, await store.spend_by_dna_since(int(start // 86400)))
-    for row in await store.load_keys():
-        values = {c: row[c] for c in KEY_COLUMNS}
-        values["secret"] = gw.box.open(values["secret"])
-        values["status"] = bool(values["status"])
-        values["config"] = orjson.loads(values["config"] or "{}")
-        values["type"] = values["type"] or vendors.infer(values["provider"])
-        state.put_key(ProviderKey(**values))
+    await _load_keys(gw)
     await _load_configs(gw)
     await gw.objects.load()
     # Ids are never reused: deleted accounts and keys live on in usage and grants.
@@ -79,6 +75,38 @@ def _load_tree_spend(state, month: str, rows) -> None:
             acc = state.accounts.get(int(part)) if part.isdigit() else None
             if acc is not None:
                 acc.tree_spend_n += spent_n
+
+
+async def _open_box(gw) -> credentials.SecretBox:
+    """The secret box, its scrypt salt read from the store (made on the first start)."""
+    if not gw.settings.secret_key:
+        return credentials.SecretBox("")
+    salt = await gw.store.meta_get("box_salt")
+    if salt is None:
+        salt = secrets.token_hex(16)
+        await gw.store.write([o.MetaPut("box_salt", salt)])
+    return credentials.SecretBox(gw.settings.secret_key, bytes.fromhex(salt))
+
+
+async def _load_keys(gw) -> None:
+    """Provider keys, opened; any sealed the old way (or not at all) is sealed again now."""
+    box = gw.box = await _open_box(gw)
+    reseal = []
+    for row in await gw.store.load_keys():
+        values = {c: row[c] for c in KEY_COLUMNS}
+        stored, config = values["secret"], orjson.loads(values["config"] or "{}")
+        values["secret"] = box.open(stored)
+        values["status"] = bool(values["status"])
+        values["config"] = box.open_config(config)
+        values["type"] = values["type"] or vendors.infer(values["provider"])
+        key = ProviderKey(**values)
+        gw.state.put_key(key)
+        if box.stale(stored) or box.config_stale(config):
+            sealed = orjson.dumps(box.seal_config(key.config)).decode()
+            reseal.append(o.KeySet(key.id, {"secret": box.seal(key.secret), "config": sealed}))
+    if reseal:
+        await gw.store.write(reseal)
+        log.info("sealed %d provider keys with the current secret box", len(reseal))
 
 
 async def _load_configs(gw) -> None:

@@ -102,9 +102,13 @@ class Changes:
     def put_key(self, key: ProviderKey) -> list:
         """Add or replace a provider key; routing's pools follow (keys_version)."""
         self.state.put_key(key)
+        return [o.KeyPut(self._key_row(key))]
+
+    def _key_row(self, key: ProviderKey) -> dict:
+        """The key as stored: its secret and its Config's header values sealed."""
         row = {c: getattr(key, c) for c in KEY_COLUMNS}
         row |= {"secret": self.gw.box.seal(key.secret), "status": int(key.status)}
-        return [o.KeyPut(row | {"config": orjson.dumps(key.config).decode()})]
+        return row | {"config": orjson.dumps(self.gw.box.seal_config(key.config)).decode()}
 
     def update_key(self, key: ProviderKey, values: dict) -> list:
         """Set a key's fields (attribute names); re-enabling wakes a sleeping key."""
@@ -113,7 +117,10 @@ class Changes:
         if values.get("status") is True:
             key.sleep_until, key.sleep_reason = 0.0, ""
         key.updated_at = time.time()
-        return self.put_key(key)
+        self.state.put_key(key)
+        row = self._key_row(key)
+        del row["id"]
+        return [o.KeySet(key.id, row)]  # an UPDATE: a key deleted meanwhile stays deleted
 
     def delete_key(self, key: ProviderKey) -> list:
         self.state.drop_key(key.id)

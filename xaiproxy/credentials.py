@@ -9,6 +9,12 @@ import secrets
 
 KEY_PREFIX = "sk-Xvs"
 KEY_RANDOM_LEN = 45  # 51 characters in all
+KEY_RE = re.compile(r"sk-Xvs[A-Za-z0-9_-]{45}")
+
+
+def is_client_key(text: str) -> bool:
+    """The format of a client key (a whole match: no trailing newline)."""
+    return KEY_RE.fullmatch(text) is not None
 
 
 def generate_key() -> str:
@@ -44,26 +50,64 @@ def scrub(text: bytes, secret: str) -> bytes:
 
 
 class SecretBox:
-    """Encrypts provider keys at rest when XAI_SECRET_KEY is set (Fernet, from `cryptography`)."""
+    """Seals provider secrets at rest when XAI_SECRET_KEY is set (Fernet, from `cryptography`).
 
-    PREFIX = "enc:"
+    The Fernet key is derived from the passphrase with scrypt and a random salt stored
+    in the database (`meta.box_salt`). Sealed values read "enc:v2:<token>". Values of
+    the first format ("enc:<token>", keyed by a bare SHA-256 of the passphrase) are
+    still read; `stale()` tells the start-up code which to seal again.
+    """
 
-    def __init__(self, passphrase: str) -> None:
-        self._fernet = None
+    PREFIX = "enc:v2:"
+    OLD_PREFIX = "enc:"
+    SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+    def __init__(self, passphrase: str, salt: bytes = b"") -> None:
+        self._fernet = self._old = None
+        self.enabled = bool(passphrase)
         if passphrase:
             from cryptography.fernet import Fernet
 
-            digest = hashlib.sha256(passphrase.encode()).digest()
-            self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+            self._old = Fernet(
+                base64.urlsafe_b64encode(hashlib.sha256(passphrase.encode()).digest())
+            )
+            if salt:
+                key = hashlib.scrypt(passphrase.encode(), salt=salt, **self.SCRYPT)
+                self._fernet = Fernet(base64.urlsafe_b64encode(key))
 
     def seal(self, secret: str) -> str:
-        if self._fernet is None:
+        if not self.enabled:
             return secret
+        if self._fernet is None:
+            raise RuntimeError("the secret box has no salt yet (it is opened at start)")
         return self.PREFIX + self._fernet.encrypt(secret.encode()).decode()
 
     def open(self, stored: str) -> str:
-        if not stored.startswith(self.PREFIX):
+        if not stored.startswith(self.OLD_PREFIX):
             return stored
-        if self._fernet is None:
+        if not self.enabled:
             raise RuntimeError("provider keys are encrypted: set XAI_SECRET_KEY")
-        return self._fernet.decrypt(stored[len(self.PREFIX) :].encode()).decode()
+        if stored.startswith(self.PREFIX):
+            return self._fernet.decrypt(stored[len(self.PREFIX) :].encode()).decode()
+        return self._old.decrypt(stored[len(self.OLD_PREFIX) :].encode()).decode()
+
+    def stale(self, stored: str) -> bool:
+        """Whether a stored value should be sealed again (plain or the old format)."""
+        return self.enabled and not stored.startswith(self.PREFIX)
+
+    # A key's Config may carry credentials in its headers: their values are sealed too.
+    def seal_config(self, config: dict) -> dict:
+        return _map_headers(config, self.seal)
+
+    def open_config(self, config: dict) -> dict:
+        return _map_headers(config, self.open)
+
+    def config_stale(self, config: dict) -> bool:
+        return any(self.stale(v) for v in (config.get("headers") or {}).values())
+
+
+def _map_headers(config: dict, fn) -> dict:
+    headers = config.get("headers")
+    if not isinstance(headers, dict) or not headers:
+        return config
+    return {**config, "headers": {k: fn(str(v)) for k, v in headers.items()}}

@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from .errors import ApiError
+from .store import ops as o
 
 # "/v1/<collection>[/<object id>[/...]]", longest first; "organization/<x>" is one each.
 COLLECTIONS = (
@@ -52,10 +53,6 @@ RELATED = ("thread_id", "output_file_id", "error_file_id")  # ids an answer name
 HEAD_CAP = 256 * 1024  # what is kept of an answer to find its ids
 LIST_CAP = 16 * 1024 * 1024  # a list answer is read whole to filter it
 _FIRST_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
-INSERT = (
-    "INSERT OR IGNORE INTO objects (owner_id, object_id, account_id, dna, created_at)"
-    " VALUES (?, ?, ?, ?, ?)"
-)
 
 
 def parse(method: str, path: str) -> tuple[str, str] | None:
@@ -163,9 +160,7 @@ class Objects:
         self.owned: dict[tuple[int, str], tuple[int, str]] = {}
 
     async def load(self) -> None:
-        rows = await self.gw.store.fetchall(
-            "SELECT owner_id, object_id, account_id, dna FROM objects"
-        )
+        rows = await self.gw.store.load_objects()
         self.owned = {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
     # -- admission ---------------------------------------------------------------
@@ -221,7 +216,7 @@ class Objects:
             slot = (owner_id, object_id)
             if slot not in self.owned:  # the first maker keeps it
                 self.owned[slot] = maker
-                ops.append((INSERT, (owner_id, object_id, *maker, now)))
+                ops.append(o.ObjectPut(owner_id, object_id, *maker, now))
         if ops:
             self.gw.store.submit(ops)
 

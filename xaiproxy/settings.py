@@ -17,6 +17,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from . import credentials
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -148,6 +150,11 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
             values[key] = _cast(key, getattr(base, key), raw)
     settings = Settings(**values)
     _check_db(settings.db)
+    if settings.root_key and not credentials.is_client_key(settings.root_key):
+        raise SettingsError(
+            "setting 'root_key' (XAI_ROOT_KEY) must be 'sk-Xvs' followed by 45 characters"
+            " of A-Z a-z 0-9 - _ (51 in all); unset it to have one generated"
+        )
     return settings.replace(prices=resolve_prices_path(settings))
 
 

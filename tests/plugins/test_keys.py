@@ -191,3 +191,108 @@ async def test_tenant_cannot_point_a_key_at_private_addresses(make_gateway, prov
     assert api.gw.state.keys == {}
     # root may, and so may anyone when the operator allows private providers
     assert (await api.post("/x-keys", body)).status == 201
+
+
+async def test_config_headers_are_validated_masked_and_sealed(make_gateway):
+    api = await make_gateway(secret_key="correct horse battery staple")
+    for config in (
+        {"headers": {"X-Evil": "a\r\nInjected: 1"}},
+        {"headers": {"X-Evil": "a\nb"}},
+        {"headers": {"Bad Name": "x"}},
+        {"headers": {"X-Ok": 5}},
+        {"headers": {"Host": "elsewhere"}},
+        {"auth": "telepathy"},
+    ):
+        r = await add(api, Config=config)
+        assert r.status == 400 and r.error_code == "invalid_config", (config, r.body)
+    assert api.gw.state.keys == {}
+    azure = "azure-secret-" + "z" * 30
+    config = {"auth": "bearer", "headers": {"api-key": azure, "OpenAI-Project": "proj_123456789"}}
+    r = await add(api, Config=config)
+    assert r.status == 201 and azure not in r.raw.decode()
+    kid = r.body["Key"]["ID"]
+    for reply in (
+        await api.get("/x-keys"),
+        await api.get(f"/x-keys/{kid}"),
+        await api.get("/x-conf"),
+    ):
+        assert azure not in reply.raw.decode() and "proj_123456789" not in reply.raw.decode()
+    await api.gw.store.flush()
+    row = await api.gw.store.fetchone("SELECT config FROM provider_keys")
+    assert azure not in row["config"] and "enc:v2:" in row["config"]
+    # A Config read back (masked) and sent again keeps the real values.
+    shown = (await api.get(f"/x-keys/{kid}")).body["Config"]
+    assert (await api.put(f"/x-keys/{kid}", {"Config": shown})).status == 200
+    assert api.gw.state.keys[kid].config["headers"]["api-key"] == azure
+
+
+async def test_secret_with_a_trailing_newline_is_refused(api):
+    r = await add(api, secret=OPENAI_SECRET + "\n")
+    assert r.status == 400 and api.gw.state.keys == {}
+
+
+async def test_old_sealed_keys_are_read_and_sealed_again(aiohttp_server, tmp_path):
+    import base64
+    import hashlib
+
+    from cryptography.fernet import Fernet
+
+    db = tmp_path / "old.db"
+    first = await start_gateway(aiohttp_server, db)
+    await add(first)
+    await first.gw.store.flush()
+    # What the first format stored: Fernet keyed by a bare SHA-256 of the passphrase.
+    old = Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"s3cret").digest()))
+    sealed = "enc:" + old.encrypt(OPENAI_SECRET.encode()).decode()
+    await first.gw.store.write([("UPDATE provider_keys SET secret = ?", (sealed,))])
+    await first.close()
+    second = await start_gateway(aiohttp_server, db, secret_key="s3cret")
+    try:
+        (key,) = second.gw.state.keys.values()
+        assert key.secret == OPENAI_SECRET
+        stored = await second.gw.store.scalar("SELECT secret FROM provider_keys")
+        assert stored.startswith("enc:v2:") and OPENAI_SECRET not in stored
+        salt = await second.gw.store.scalar("SELECT value FROM meta WHERE key = 'box_salt'")
+        assert len(bytes.fromhex(salt)) == 16
+    finally:
+        await second.close()
+
+
+async def test_database_files_are_private(api, tmp_path):
+    import os
+    import stat
+
+    await add(api)
+    await api.gw.store.flush()
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("gw0.db")]
+    assert {p.name for p in files} >= {"gw0.db", "gw0.db-wal", "gw0.db-shm"}
+    for path in files:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
+async def test_update_racing_a_delete_never_brings_the_key_back(make_gateway):
+    import asyncio
+    import time
+
+    api = await make_gateway(allow_private_providers=False)
+    r = await api.post(
+        "/x-users", {"Name": "tenant", "Email": "t@example.com", "CreditGranted": 50}
+    )
+    tenant = r.body["User"]["SecretKey"]
+    assert (await api.put("/x-users/tenant", {"Owner": True})).status == 200
+    body = {"SecretKey": OPENAI_SECRET, "Level": 1, "Provider": "https://8.8.8.8"}
+    kid = (await api.post("/x-keys", body, key=tenant)).body["Key"]["ID"]
+    # The update resolves its provider host in the loop's thread pool (134744072 is
+    # 8.8.8.8 as one number); with the pool busy, the delete lands while it waits.
+    loop = asyncio.get_running_loop()
+    busy = [loop.run_in_executor(None, time.sleep, 0.05) for _ in range(64)]
+    update = asyncio.create_task(
+        api.put(f"/x-keys/{kid}", {"Provider": "https://134744072"}, key=tenant)
+    )
+    await asyncio.sleep(0.05)
+    assert (await api.delete(f"/x-keys/{kid}", key=tenant)).status == 200
+    assert (await update).status == 404
+    await asyncio.gather(*busy)
+    await api.gw.store.flush()
+    assert kid not in api.gw.state.keys
+    assert not await api.gw.store.scalar("SELECT 1 FROM provider_keys WHERE id = ?", (kid,))

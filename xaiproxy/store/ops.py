@@ -108,6 +108,14 @@ class KeyPut:
 
 
 @dataclass(frozen=True, slots=True)
+class KeySet:
+    """Some columns of an existing provider key (never recreates a deleted one)."""
+
+    id: int
+    fields: dict
+
+
+@dataclass(frozen=True, slots=True)
 class KeySleep:
     id: int
     until: float
@@ -152,6 +160,26 @@ class IdempotencyPut:
 @dataclass(frozen=True, slots=True)
 class IdempotencyPrune:
     before: float
+
+
+# -- the database itself and provider objects -----------------------------------
+@dataclass(frozen=True, slots=True)
+class MetaPut:
+    """A small fact about the database (the secret box's salt)."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPut:
+    """A stateful provider object made through the gateway; the first maker keeps it."""
+
+    owner_id: int
+    object_id: str
+    account_id: int
+    dna: str
+    created_at: float
 
 
 # -- news and alerts (tables of the built-in plugins) --------------------------

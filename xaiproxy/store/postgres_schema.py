@@ -246,6 +246,16 @@ MIGRATIONS.append(
     """
 )
 
+# 3: SQLite migration 6, small facts about the database (the secret box's salt).
+MIGRATIONS.append(
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """
+)
+
 # The types of the usage columns, in USAGE_COLUMNS order, for unnest() of a batch.
 _USAGE_TYPES = {
     "ts": "float8",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -82,7 +83,9 @@ class SQLiteStore:
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Readable by its owner only; SQLite gives -wal and -shm the same mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._exec, self._open_writer)
         self._reader = await aiosqlite.connect(self.path)
@@ -431,6 +434,13 @@ class SQLiteStore:
             where, params = "author_id = ? AND target_id = ?", (match.author_id, match.target_id)
         return [r[0] for r in await self._tuples(f"SELECT id FROM news WHERE {where}", params)]
 
+    async def meta_get(self, key: str) -> str | None:
+        return await self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
+
+    async def load_objects(self) -> list[tuple]:
+        """(owner_id, object_id, account_id, dna) of every recorded provider object."""
+        return await self._tuples("SELECT owner_id, object_id, account_id, dna FROM objects")
+
     async def news_live(self, author_id: int, now: float) -> int:
         """How many unexpired news items the author has."""
         return await self.scalar(
@@ -567,6 +577,11 @@ def _account_move(op: o.AccountMove) -> list[Statement]:
     ]
 
 
+def _key_set(op: o.KeySet) -> Statement:
+    sets = ", ".join(f"{k} = ?" for k in op.fields)
+    return f"UPDATE provider_keys SET {sets} WHERE id = ?", (*op.fields.values(), op.id)
+
+
 def _news_put(op: o.NewsPut) -> Statement:
     row = {k: v for k, v in _fields(op).items() if k != "max_live"}
     if not op.max_live:
@@ -609,6 +624,9 @@ RENDER = {
         )
     ],
     o.KeyDelete: lambda op: [("DELETE FROM provider_keys WHERE id = ?", (op.id,))],
+    o.KeySet: lambda op: [_key_set(op)],
+    o.MetaPut: lambda op: [_insert("meta", _fields(op), "INSERT OR REPLACE")],
+    o.ObjectPut: lambda op: [_insert("objects", _fields(op), "INSERT OR IGNORE")],
     o.ConfigSet: _config_set,
     o.OpLog: lambda op: [_insert("op_logs", _fields(op))],
     o.IdempotencyPut: lambda op: [_insert("idempotency", _fields(op), "INSERT OR REPLACE")],

@@ -278,3 +278,13 @@ MIGRATIONS.append(
     ) WITHOUT ROWID;
     """
 )
+
+# 6: small facts about the database itself (the secret box's scrypt salt).
+MIGRATIONS.append(
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """
+)
