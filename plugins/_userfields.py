@@ -17,10 +17,11 @@ from xaiproxy import ledger, ownerconf, whitelists
 from xaiproxy.errors import ApiError
 from xaiproxy.state import FILTER_RE, Account
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{4,63}$")
+# Used with fullmatch: "$" would also accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{4,63}")
 EMAIL_RE = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
 LIMITS = {"RPM": "rpm", "RPH": "rph", "RPD": "rpd", "TPM": "tpm", "TPH": "tph", "TPD": "tpd"}
 LISTS = {
@@ -94,18 +95,18 @@ def bad(message: str, code: str = "invalid_request") -> ApiError:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name) or not any(c.isalpha() for c in name):
+    if not NAME_RE.fullmatch(name) or not any(c.isalpha() for c in name):
         raise bad(
             "Name must be 4-63 characters of letters, digits, '-', '_' or '.',"
             " with at least one letter"
         )
-    if FILTER_RE.match(name):
+    if FILTER_RE.fullmatch(name):
         raise bad(f"Name {name!r} looks like a filter (L2, G1, ...); choose another")
     return name
 
 
 def check_email(value: str, field: str = "Email") -> str:
-    if not EMAIL_RE.match(value) or len(value) > 254:
+    if not EMAIL_RE.fullmatch(value) or len(value) > 254:
         raise bad(f"{field} must be a valid email address like name@example.com")
     return value
 

@@ -6,14 +6,12 @@ The new key is shown once in the answer; the old one fails on the very next requ
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from xaiproxy import credentials
 from xaiproxy.errors import ApiError
 from xaiproxy.state import Account
 
-KEY_RE = re.compile(r"^sk-Xvs[A-Za-z0-9_-]{45}$")
 _confirm = {"type": "string", "maxLength": 64}
 SELF_BODY = {
     "type": "object",
@@ -44,7 +42,7 @@ def check_confirm(given: str, suffix: str) -> None:
 def new_key(state, given: str | None) -> str:
     if given is None:
         return credentials.generate_key()
-    if not KEY_RE.match(given):
+    if not credentials.is_client_key(given):
         raise ApiError(
             400, "invalid_key", "key must be 'sk-Xvs' followed by 45 characters of A-Z a-z 0-9 - _"
         )

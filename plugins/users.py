@@ -35,7 +35,7 @@ NO_QUERY = {"type": "object", "additionalProperties": False}
 
 
 def single(state, caller: Account, ident: str) -> Account:
-    if FILTER_RE.match(ident.strip()):
+    if FILTER_RE.fullmatch(ident.strip()):
         raise uf.bad(f"{ident!r} is a filter; this call takes one ID, Name or Email")
     return state.descendant(caller, ident)
 

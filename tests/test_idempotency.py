@@ -130,3 +130,16 @@ async def test_records_expire_after_the_ttl_and_are_pruned_at_start(aiohttp_serv
         assert await api.gw.store.scalar("SELECT COUNT(*) FROM idempotency") == 0
     finally:
         await api.close()
+
+
+async def test_records_are_pruned_while_running_not_only_at_start(api):
+    uid, _ = await new_user(api, "prune-target", 10)
+    assert (await api.put(f"/x-users/{uid}", {"CreditGranted": 5}, **key("aged"))).status == 200
+    await api.gw.store.write(
+        [("UPDATE idempotency SET created_at = created_at - ?", (idempotency.TTL + 1,))]
+    )
+    api.gw.idempotency.pruned_at -= idempotency.PRUNE_EVERY + 1  # an hour has gone by
+    assert (await api.put(f"/x-users/{uid}", {"CreditGranted": 5}, **key("new"))).status == 200
+    await api.gw.store.flush()
+    keys = [r[0] for r in await api.gw.store.fetchall("SELECT key FROM idempotency")]
+    assert keys == ["new"]

@@ -12,7 +12,9 @@ Concurrent duplicates never both apply: while a key is in flight, a second call
 with it waits for the first to finish and then replays (or conflicts).
 Only successful answers are recorded: a refused call changed nothing and may be
 retried with the same key. Keys are scoped to the calling account and kept for
-`TTL` seconds. A recorded answer never holds a client secret (see `redact`).
+`TTL` seconds: records past it are pruned at start and then at most every
+`PRUNE_EVERY` seconds, by the first keyed call after that. A recorded answer never
+holds a client secret (see `redact`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from .store import ops as o
 
 HEADER = "Idempotency-Key"
 TTL = 24 * 3600.0
-_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+PRUNE_EVERY = 3600.0
+_KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
 
 # work() -> (answer, ops, status): checks and mutates memory synchronously, returns
 # the store ops of its unit; it must not await (that is what makes it atomic).
@@ -65,6 +68,7 @@ class Guard:
         self.store = store
         self.state = state
         self.inflight: dict[tuple[int, str], asyncio.Future] = {}
+        self.pruned_at = 0.0
 
     async def run(self, request: web.Request, account_id: int, body: Any, work: Work):
         """Apply work() and persist its unit; replay or refuse when the key was used."""
@@ -72,12 +76,15 @@ class Guard:
         if key is None:
             answer, ops, status = await self._apply(work, lambda _answer, _status: [])
             return _json(answer, status)
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             raise ApiError(
                 400,
                 "invalid_idempotency_key",
                 f"{HEADER} must be 1-200 printable ASCII characters without spaces",
             )
+        if time.time() - self.pruned_at > PRUNE_EVERY:
+            self.pruned_at = time.time()
+            self.store.submit([_prune_op()])  # the table only grows with keyed calls
         slot = (account_id, key)
         while (busy := self.inflight.get(slot)) is not None:
             await asyncio.shield(busy)
@@ -128,7 +135,12 @@ class Guard:
 
     async def prune(self) -> None:
         """Forget records past their TTL (run at start)."""
-        await self.store.write([o.IdempotencyPrune(time.time() - TTL)])
+        self.pruned_at = time.time()
+        await self.store.write([_prune_op()])
+
+
+def _prune_op() -> o.IdempotencyPrune:
+    return o.IdempotencyPrune(time.time() - TTL)
 
 
 def _json(answer: Any, status: int) -> web.Response:

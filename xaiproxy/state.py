@@ -77,7 +77,9 @@ KEY_COLUMNS = [
 ]
 BOOL_COLUMNS = ("status", "owner", "suspended", "auto_quota")  # stored as 0/1
 JSON_COLUMNS = ("model_limits", "model_mapper", "level_mapper")  # stored as JSON text
-FILTER_RE = re.compile(r"^([LGRTF])(\d+(?:\.\d+)?)$")
+# ASCII digits only: str.isdigit() and \d also take "²" or "٣" (then int() fails or differs).
+ID_RE = re.compile(r"[0-9]{1,18}")
+FILTER_RE = re.compile(r"([LGRTF])([0-9]{1,18}(?:\.[0-9]{1,18})?)")
 FILTER_FIELDS = {"L": "level", "G": "gear", "R": "role", "T": "tier", "F": "factor"}
 
 
@@ -341,7 +343,7 @@ class State:
     def find(self, ident: str) -> Account | None:
         """ID, name or email, anywhere in the tree."""
         ident = str(ident).strip()
-        if ident.isdigit() and len(ident) < 19:
+        if is_id(ident):
             return self.accounts.get(int(ident))
         return self.by_name.get(ident.lower()) or self.by_email.get(ident.lower())
 
@@ -354,7 +356,7 @@ class State:
 
     def select(self, caller: Account, ident: str) -> list[Account] | None:
         """Accounts below caller that a special filter (L2, G1, R0, T3, F1.5) names, else None."""
-        m = FILTER_RE.match(str(ident).strip())
+        m = FILTER_RE.fullmatch(str(ident).strip())
         if not m:
             return None
         attr, value = FILTER_FIELDS[m.group(1)], float(m.group(2))
@@ -374,6 +376,11 @@ class State:
 
     def pool(self, owner_id: int, level: int) -> list[ProviderKey]:
         return [k for k in self.keys.values() if k.owner_id == owner_id and k.level == level]
+
+
+def is_id(text: str) -> bool:
+    """An ID in a path or filter: 1-18 ASCII digits."""
+    return ID_RE.fullmatch(text) is not None
 
 
 def now() -> float:

@@ -266,3 +266,32 @@ async def test_errors_never_echo_keys(api, world):
     assert r.status == 400 and b"qqqqqqqq" not in r.raw
     r = await api.post("/x-users", BASE | {"SecretKey": secret})
     assert r.status == 400 and b"qqqqqqqq" not in r.raw
+
+
+async def test_identifiers_take_ascii_digits_and_validators_whole_matches(api, world):
+    """ "²" and "٣" are digits to str.isdigit() and \\d; "$" also matches before a newline."""
+    calls = []
+    for ident in ("²", "٣", "1²", "L²", "F٣", "G٣.5"):
+        calls += [
+            ("GET", f"/x-users/{ident}", {}),
+            ("GET", f"/x-dna/{ident}", {}),
+            ("PUT", f"/x-users/{ident}", {"raw": orjson.dumps({"Alias": "x"})}),
+            ("DELETE", f"/x-users/{ident}", {}),
+            ("GET", "/x-bill", {"params": {"user": ident}}),
+            ("POST", f"/x-news/{ident}", {"raw": orjson.dumps({"title": "t", "content": "c"})}),
+        ]
+    for ident in ("²", "٣"):
+        calls += [
+            ("PUT", f"/x-keys/{ident}", {"raw": orjson.dumps({"Name": "x"})}),
+            ("DELETE", f"/x-keys/{ident}", {}),
+        ]
+    for field in ("Name", "Email"):
+        calls.append(
+            ("POST", "/x-users", {"raw": orjson.dumps(BASE | {field: BASE[field] + "\n"})})
+        )
+    root = {"confirm": f"{today()}-ROTATE-ROOT", "key": "sk-Xvs" + "a" * 45 + "\n"}
+    calls.append(("POST", "/x-root", {"raw": orjson.dumps(root)}))
+    await run_all(api, calls)
+    for ident in ("²", "L²"):  # not an ID: a provider host, which no key has
+        r = await api.get(f"/x-keys/{ident}")
+        assert r.status == 200 and r.body == []
