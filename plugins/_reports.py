@@ -15,6 +15,10 @@ from xaiproxy.errors import ApiError
 
 DAY = 86400
 MAX_DAYS = 3660
+# Lists in a report are bounded: the most expensive entries, the rest in one "others".
+MAX_MODELS = 50  # per day
+MAX_USERS = 100
+OTHERS = "others"
 _DATE = {"type": "string", "maxLength": 10}
 _DAYS = {"type": "string", "pattern": "^[0-9]{1,6}$"}
 # The date parameters, short and long names alike (values checked by parse_range).
@@ -123,10 +127,22 @@ async def by_day(
         }
         total_requests += row.requests
         total_n += row.cost_n
+    for entry in days.values():
+        entry["usage_details"] = _top_models(entry["usage_details"])
     return {
         "data": list(days.values()),
         "total_usage": {"requests": total_requests, "cost": money(total_n, rates)},
     }
+
+
+def _top_models(details: dict) -> dict:
+    """The MAX_MODELS costliest models of a day; the rest summed under "others"."""
+    if len(details) <= MAX_MODELS:
+        return details
+    ranked = sorted(details.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["requests"], kv[0]))
+    rest = [use for _, use in ranked[MAX_MODELS:]]
+    others = {f: sum(use[f] for use in rest) for f in ("requests", "prompt", "completion", "cost")}
+    return {**dict(ranked[:MAX_MODELS]), OTHERS: {**others, "models": len(rest)}}
 
 
 def _empty_day(day: date) -> dict:

@@ -5,7 +5,8 @@ a reseller sees its whole book in one report). `u|user` narrows it: an ID, name 
 email selects that account and its subtree (what that account's own /x-bill would
 show); a filter (L2, G1, R0, T3, F1.5) selects exactly the matching accounts below
 the caller. Anything outside the caller's subtree is 404. Costs are in the caller's
-units (see _reports).
+units (see _reports). `usage_users` lists the `MAX_USERS` costliest accounts; the
+rest are one row with `"name": "others"` and `"accounts"` (how many it sums).
 """
 
 from __future__ import annotations
@@ -58,10 +59,15 @@ async def bill(call):
     span = reports.parse_range(call.query)
     report = await reports.by_day(gw.usage, scope, span, caller.rates)
     total = report["total_usage"]
+    rows = await reports.by_account(gw.usage, scope, span)
     users = [
         _user_row(gw, aid, requests, reports.money(cost_n, caller.rates), total)
-        for aid, requests, cost_n in await reports.by_account(gw.usage, scope, span)
+        for aid, requests, cost_n in rows[: reports.MAX_USERS]
     ]
+    if rest := rows[reports.MAX_USERS :]:
+        cost = reports.money(sum(r[2] for r in rest), caller.rates)
+        others = _user_row(gw, 0, sum(r[1] for r in rest), cost, total)
+        users.append({**others, "id": None, "name": reports.OTHERS, "accounts": len(rest)})
     return call.json({"object": "list", **report, "usage_users": users})
 
 

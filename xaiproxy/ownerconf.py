@@ -165,9 +165,7 @@ def normalize(key: str, raw: Any, current: Any = None) -> Any:
         text = str(raw).strip().lower()
         if text not in ("true", "false", "1", "0", "starttls", "tls", "none", ""):
             raise ValueError("EMAIL_TLS takes true (implicit TLS), starttls or false")
-        return {"1": "true", "tls": "true", "0": "false", "none": "false", "": "false"}.get(
-            text, text
-        )
+        return _tls(text)
     if key in EMAIL_KEYS:
         if not isinstance(raw, str | int) or len(str(raw)) > 512:
             raise ValueError(f"{key} must be a string of at most 512 characters")
@@ -180,6 +178,13 @@ def flag(raw: Any, key: str) -> bool:
     if text not in ("true", "false", "1", "0"):
         raise ValueError(f"{key} takes true or false")
     return text in ("true", "1")
+
+
+def _tls(text: str) -> bool | str:
+    """EMAIL_TLS in its natural type: true (implicit TLS), false, or "starttls"."""
+    if text == "starttls":
+        return text
+    return text in ("true", "1", "tls")
 
 
 def apply_batch(values: dict, body: dict) -> dict:
@@ -242,5 +247,8 @@ class OwnerConfig:
         return self.level_mapper.value(model, 1)
 
     def public(self) -> dict:
-        """What GET /x-config shows: everything but secrets."""
-        return {k: ("********" if k in SECRET_KEYS else v) for k, v in self.values.items()}
+        """What GET /x-config shows: everything but secrets, in natural types."""
+        out = {k: ("********" if k in SECRET_KEYS else v) for k, v in self.values.items()}
+        if isinstance(out.get("EMAIL_TLS"), str):  # stored as text before it was a boolean
+            out["EMAIL_TLS"] = _tls(out["EMAIL_TLS"])
+        return out

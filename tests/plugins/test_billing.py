@@ -222,3 +222,34 @@ async def test_rollup_matches_raw_usage_exactly(api, tree):
         " FROM usage_daily ORDER BY 1, 2, 3"
     )
     assert [tuple(r) for r in raw] == [tuple(r) for r in rolled] and len(raw) >= 3
+
+
+async def test_lists_are_bounded_with_an_others_bucket(api):
+    from tests.plugins.reports import USAGE_SQL
+
+    day = midnight("2025-03-05") + 60
+    # 60 models for root itself, and 105 accounts (deleted ones keep their history).
+    rows = [
+        (day, 1, 1, ".1.", f"model-{i:02d}", f"model-{i:02d}", 1, 1, 0, 0.0, 1000 + i)
+        for i in range(60)
+    ]
+    rows += [
+        (day, 5000 + i, 1, f".1.{5000 + i}.", "gpt-4o", "gpt-4o", 1, 1, 0, 0.0, 10 + i)
+        for i in range(105)
+    ]
+    await api.gw.store.write([(USAGE_SQL, r) for r in rows])
+    r = await api.get("/x-bill", params={"date": "2025-03-05"})
+    assert r.status == 200
+    (entry,) = r.body["data"]
+    details = entry["usage_details"]
+    # 61 models: the 50 costliest (gpt-4o, model-59 .. model-11), then the 11 others.
+    assert len(details) == 51 and details["others"]["models"] == 11
+    assert details["others"]["requests"] == 11
+    assert "model-11" in details and "model-10" not in details
+    users = r.body["usage_users"]
+    assert (
+        len(users) == 101 and users[-1]["name"] == "others" and users[-1]["accounts"] == 6
+    )  # of 106
+    total = r.body["total_usage"]
+    assert sum(u["total_requests"] for u in users) == total["requests"] == 165
+    assert sum(u["total_cost"] for u in users) == pytest.approx(total["cost"])

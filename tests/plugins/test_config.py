@@ -30,7 +30,11 @@ async def test_seed_update_then_get(api):
     assert c["SWITCH_OVER"] == {"1": 2, "2": 3}
     assert c["RESOURCES"] == {"/v1/chat/completions": {}, "/v1/embeddings": {}}
     assert c["MODEL_LIMITS"] == {"gpt-4o": {"rpm": 30, "tpm": 90000}}
-    assert c["EMAIL_TLS"] == "true"
+    assert c["EMAIL_TLS"] is True  # natural types, as the seed shows them
+    r = await api.put("/x-config", {"EMAIL_PORT": "587", "EMAIL_TLS": "starttls"})
+    assert r.body["configs"]["EMAIL_PORT"] == 587 and r.body["configs"]["EMAIL_TLS"] == "starttls"
+    r = await api.put("/x-config", {"EMAIL_TLS": False})
+    assert r.body["configs"]["EMAIL_TLS"] is False
     cfg = api.gw.config(1)
     assert cfg.map_model("gpt-3.5-turbo") == "gpt-4o-mini" and cfg.level_of("claude-x") == 3
     assert cfg.switch_over == {1: 2, 2: 3}
