@@ -19,6 +19,8 @@ SECRET_RE = re.compile(r"[\x21-\x7e]+")  # fullmatch: no trailing newline either
 HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
 HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]{0,4096}")  # no CR, LF or other control bytes
 MAX_HEADERS = 32
+# What a key's Config may not set: hop-by-hop headers and the ones the gateway computes.
+REFUSED_HEADERS = providers.HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 KEY_FIELDS = {
     "SecretKey": {
         "type": "string",
@@ -75,7 +77,7 @@ def check_config(config: dict, current: dict) -> dict:
     old = current.get("headers") or {}
     out = {}
     for name, value in headers.items():
-        if not HEADER_NAME_RE.fullmatch(name) or name.lower() in providers.DROP_REQUEST:
+        if not HEADER_NAME_RE.fullmatch(name) or name.lower() in REFUSED_HEADERS:
             raise ApiError(
                 400, "invalid_config", f"Config.headers: {name[:40]!r} is not a header name to set"
             )
