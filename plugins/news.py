@@ -14,8 +14,10 @@ management changes need (USER_API_BALANCE; root exempt).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+import weakref
 
 from xaiproxy.errors import ApiError
 from xaiproxy.ledger import DAY
@@ -42,6 +44,7 @@ NEWS_BODY = {
 NO_BODY = {"type": "object", "properties": {}, "additionalProperties": False}
 NO_QUERY = {"type": "object", "properties": {}}
 SYSTEM = o.NewsMatch()  # what root's DELETE /x-news removes
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Target:
@@ -100,7 +103,17 @@ def _full() -> ApiError:
     )
 
 
+def _lock(gw) -> asyncio.Lock:
+    """One news write at a time per gateway: a count then a write must not interleave."""
+    return _LOCKS.setdefault(gw, asyncio.Lock())
+
+
 async def _create(call, target: Target | None, default_days: float):
+    async with _lock(call.gw):
+        return await _create_locked(call, target, default_days)
+
+
+async def _create_locked(call, target: Target | None, default_days: float):
     gw, caller, body = call.gw, call.caller, call.body
     now = time.time()
     await _check_room(call, now)
