@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from xaiproxy import credentials, providers, ssrf, vendors
+from xaiproxy import credentials, ssrf, vendors
 from xaiproxy.errors import ApiError
 from xaiproxy.state import ProviderKey, is_id
 
@@ -16,11 +16,6 @@ from ._paging import PAGING_QUERY, page
 from ._userfields import iso
 
 SECRET_RE = re.compile(r"[\x21-\x7e]+")  # fullmatch: no trailing newline either
-HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
-HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]{0,4096}")  # no CR, LF or other control bytes
-MAX_HEADERS = 32
-# What a key's Config may not set: hop-by-hop headers and the ones the gateway computes.
-REFUSED_HEADERS = providers.HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 KEY_FIELDS = {
     "SecretKey": {
         "type": "string",
@@ -59,45 +54,10 @@ LIST_QUERY = {
 
 
 def check_config(config: dict, current: dict) -> dict:
-    """A key's Config: `auth` a known style, `headers` tokens -> clean values (the vendor
-    fields, `deployments`, `api_version`, `protocols`, are the vendors' to read).
-
-    A header value sent back exactly as an answer masked it keeps the stored value,
-    so a Config read, edited and sent back does not overwrite secrets with masks.
-    """
-    auth = config.get("auth")
-    if auth is not None and auth not in providers.AUTH_STYLES:
-        styles = ", ".join(providers.AUTH_STYLES)
-        raise ApiError(400, "invalid_config", f"Config.auth must be one of {styles}")
-    headers = config.get("headers", {})
-    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
-        raise ApiError(
-            400, "invalid_config", f"Config.headers must be an object of at most {MAX_HEADERS}"
-        )
-    old = current.get("headers") or {}
-    out = {}
-    for name, value in headers.items():
-        if not HEADER_NAME_RE.fullmatch(name) or name.lower() in REFUSED_HEADERS:
-            raise ApiError(
-                400, "invalid_config", f"Config.headers: {name[:40]!r} is not a header name to set"
-            )
-        if not isinstance(value, str) or not HEADER_VALUE_RE.fullmatch(value):
-            raise ApiError(
-                400,
-                "invalid_config",
-                f"Config.headers.{name}: a text value without control characters (CR, LF)",
-            )
-        kept = old.get(name)
-        out[name] = kept if kept is not None and value == credentials.mask(kept) else value
-    return {**config, "headers": out} if "headers" in config else dict(config)
-
-
-def public_config(config: dict) -> dict:
-    """Config as answers show it: header values masked (they often hold credentials)."""
-    headers = config.get("headers")
-    if not headers:
-        return config
-    return {**config, "headers": {k: credentials.mask(v) for k, v in headers.items()}}
+    try:
+        return credentials.check_config(config, current)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_config", str(exc)) from None
 
 
 def _check_secret(body: dict) -> None:
@@ -118,7 +78,7 @@ def public(key: ProviderKey, now: float | None = None) -> dict:
         "Sleeping": key.sleep_until > now,
         "SleepUntil": iso(key.sleep_until) if key.sleep_until > now else None,
         "SleepReason": key.sleep_reason if key.sleep_until > now else "",
-        "Config": public_config(key.config),
+        "Config": credentials.mask_config(key.config),
         "CreatedAt": iso(key.created_at),
         "UpdatedAt": iso(key.updated_at),
     }

@@ -7,9 +7,16 @@ import hashlib
 import re
 import secrets
 
+from . import providers
+
 KEY_PREFIX = "sk-Xvs"
 KEY_RANDOM_LEN = 45  # 51 characters in all
 KEY_RE = re.compile(r"sk-Xvs[A-Za-z0-9_-]{45}")
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
+HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]{0,4096}")  # no CR, LF or other control bytes
+MAX_HEADERS = 32
+# What a key's Config may not set: hop-by-hop headers and the ones the gateway computes.
+REFUSED_HEADERS = providers.HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 
 
 def is_client_key(text: str) -> bool:
@@ -47,6 +54,42 @@ def scrub(text: bytes, secret: str) -> bytes:
     text = text.replace(raw, b"[redacted]").replace(mask(secret).encode(), b"[redacted]")
     starred = re.escape(raw[:3]) + rb"[\w\-]*\*[\w\-*.]*" + re.escape(raw[-4:])
     return re.sub(starred, b"[redacted]", text)
+
+
+def check_config(config: dict, current: dict) -> dict:
+    """A provider key's Config, checked: `auth` a known style, `headers` tokens -> clean
+    values (ValueError says what is wrong). The vendor fields (`deployments`,
+    `api_version`, `protocols`) are the vendors' to read.
+
+    A header value sent back exactly as an answer masked it keeps the stored value,
+    so a Config read, edited and sent back does not overwrite secrets with masks.
+    """
+    auth = config.get("auth")
+    if auth is not None and auth not in providers.AUTH_STYLES:
+        raise ValueError(f"Config.auth must be one of {', '.join(providers.AUTH_STYLES)}")
+    headers = config.get("headers", {})
+    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
+        raise ValueError(f"Config.headers must be an object of at most {MAX_HEADERS}")
+    old = current.get("headers") or {}
+    out = {}
+    for name, value in headers.items():
+        if not HEADER_NAME_RE.fullmatch(name) or name.lower() in REFUSED_HEADERS:
+            raise ValueError(f"Config.headers: {name[:40]!r} is not a header name to set")
+        if not isinstance(value, str) or not HEADER_VALUE_RE.fullmatch(value):
+            raise ValueError(
+                f"Config.headers.{name}: a text value without control characters (CR, LF)"
+            )
+        kept = old.get(name)
+        out[name] = kept if kept is not None and value == mask(kept) else value
+    return {**config, "headers": out} if "headers" in config else dict(config)
+
+
+def mask_config(config: dict) -> dict:
+    """A key's Config as answers show it: header values masked (they often hold credentials)."""
+    headers = config.get("headers")
+    if not headers:
+        return config
+    return {**config, "headers": {k: mask(str(v)) for k, v in headers.items()}}
 
 
 class SecretBox:
