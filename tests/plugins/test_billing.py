@@ -225,19 +225,23 @@ async def test_rollup_matches_raw_usage_exactly(api, tree):
 
 
 async def test_lists_are_bounded_with_an_others_bucket(api):
-    from tests.plugins.reports import USAGE_SQL
+    from xaiproxy.store import UsageRecord
+    from xaiproxy.store.sqlite import USAGE_COLUMNS
 
     day = midnight("2025-03-05") + 60
+
+    def record(account_id: int, dna: str, model: str, cost_n: int) -> UsageRecord:
+        values = {"ts": day, "account_id": account_id, "owner_id": 1, "dna": dna}
+        values |= {"model": model, "upstream_model": model, "prompt_tokens": 1}
+        values |= {"completion_tokens": 1, "cost_n": cost_n, "path": "", "request_id": ""}
+        return UsageRecord._make(values.get(c, 0) for c in USAGE_COLUMNS)
+
     # 60 models for root itself, and 105 accounts (deleted ones keep their history).
-    rows = [
-        (day, 1, 1, ".1.", f"model-{i:02d}", f"model-{i:02d}", 1, 1, 0, 0.0, 1000 + i)
-        for i in range(60)
-    ]
-    rows += [
-        (day, 5000 + i, 1, f".1.{5000 + i}.", "gpt-4o", "gpt-4o", 1, 1, 0, 0.0, 10 + i)
-        for i in range(105)
-    ]
-    await api.gw.store.write([(USAGE_SQL, r) for r in rows])
+    rows = [record(1, ".1.", f"model-{i:02d}", 1000 + i) for i in range(60)]
+    rows += [record(5000 + i, f".1.{5000 + i}.", "gpt-4o", 10 + i) for i in range(105)]
+    for row in rows:
+        api.gw.store.submit_usage(row, [])
+    await api.gw.store.flush()
     r = await api.get("/x-bill", params={"date": "2025-03-05"})
     assert r.status == 200
     (entry,) = r.body["data"]
