@@ -246,7 +246,7 @@ MIGRATIONS.append(
     """
 )
 
-# 3: SQLite migration 7, small facts about the database (the secret box's salt).
+# 8: SQLite migration 12, small facts about the database (the secret box's salt).
 MIGRATIONS.append(
     """
     CREATE TABLE meta (

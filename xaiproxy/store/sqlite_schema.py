@@ -279,7 +279,7 @@ MIGRATIONS.append(
     """
 )
 
-# 7: small facts about the database itself (the secret box's scrypt salt).
+# 12: small facts about the database itself (the secret box's scrypt salt).
 MIGRATIONS.append(
     """
     CREATE TABLE meta (
