@@ -312,10 +312,6 @@ def money(acc: Account) -> dict:
     return {"ID": acc.id, "Balance": balance(acc), "CreditBalance": grants(acc)}
 
 
-def month_spend(acc: Account) -> float:
-    return acc.month_spend if acc.month == time.strftime("%Y-%m", time.gmtime()) else 0.0
-
-
 def view(acc: Account) -> dict:
     """One account as lists show it: PascalCase, never the SecretKey."""
     out = {
@@ -352,7 +348,7 @@ def view(acc: Account) -> dict:
         "PartialKey": acc.key_prefix,
         "CreatedAt": iso(acc.created_at),
         "UpdatedAt": iso(acc.updated_at),
-        "MonthSpend": month_spend(acc),
+        "MonthSpend": ledger.month_spend(acc),
     }
     return out
 

@@ -94,14 +94,13 @@ class Alerts:
         self.check_low(acc)
 
     def check_soft(self, acc: Account) -> None:
-        if acc.soft_limit <= 0 or acc.month_spend < acc.soft_limit:
-            return
         month = self.month()
-        if acc.month != month or self.soft.get(acc.id) == month:
+        spent = ledger.month_spend(acc, month)
+        if acc.soft_limit <= 0 or spent < acc.soft_limit or self.soft.get(acc.id) == month:
             return
         subject = f"[xaiproxy] {acc.name}: spend this month reached the soft limit"
         text = (
-            f"Account {acc.name} (ID {acc.id}) has spent {acc.month_spend:.4f} in {month},"
+            f"Account {acc.name} (ID {acc.id}) has spent {spent:.4f} in {month},"
             f" at or above its soft limit of {acc.soft_limit:g}.\n"
             f"Requests stop at the hard limit of {acc.hard_limit:g}.\n"
         )

@@ -151,6 +151,7 @@ async def test_balance_cut_off_sends_an_error_and_closes(make_gateway, make_vend
     await asyncio.sleep(0.05)
     acc = api.gw.state.accounts[uid]
     assert acc.reserved_n == 0 and fake.closed == 1
+    assert [a.tree_held_n for a in acc.chain] == [0] * len(acc.chain)  # HardLimit holds too
     assert api.gw.ledger.balance_n(acc) == round(2e9) - sum(r[4] for r in billed)
     with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
         async with aiohttp.ClientSession() as s:

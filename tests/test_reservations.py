@@ -125,3 +125,28 @@ async def test_subtree_spend_survives_a_restart(make_gateway, upstream, aiohttp_
         assert (r.status, r.error_code) == (403, "hard_limit_reached")
     finally:
         await again.close()
+
+
+async def test_month_spend_after_a_rates_change_survives_a_restart(
+    make_gateway, upstream, aiohttp_server, tmp_path
+):
+    """Month spend is kept in base units: after a Rates change, memory and a restart agree."""
+    path = tmp_path / "rates.db"
+    api = await start_gateway(aiohttp_server, path)
+    try:
+        await add_key(api, upstream)
+        uid, key = await new_user(api, "rates-spender", 100, Rates=1.0)
+        for _ in range(3):
+            r = await api.post(CHAT, chat(max_tokens=100), key=key, headers=billed(1_000_007))
+            assert r.status == 200
+        assert (await api.put(f"/x-users/{uid}", {"Rates": 7.3})).status == 200
+        before = (await api.get(f"/x-users/{uid}")).body["MonthSpend"]
+    finally:
+        await api.close()
+    again = await start_gateway(aiohttp_server, path)
+    try:
+        after = (await again.get(f"/x-users/{uid}")).body["MonthSpend"]
+    finally:
+        await again.close()
+    assert before == pytest.approx(3 * 1_000_007 * 0.6e-6 * 7.3, rel=1e-3)
+    assert after == before

@@ -1,39 +1,26 @@
 """Admission: the checks of SPEC section 5, in order, each with its own error.
 
 1 key -> account, 2 enabled, 3 client IP, 4 resources, 5 body, 6 MODEL_MAPPER,
-7 AllowModels (and the routing level within AllowLevels), 8 reservation and HardLimit, 9 rate limits. A refusal raises ApiError
-and changes nothing (a reservation taken in step 8 is released by the caller's
-`release`, which runs on every path).
+7 AllowModels (and the routing level within AllowLevels), 8 reservation and HardLimit, 9 rate
+limits. A refusal raises ApiError and changes nothing (a hold taken in step 8, by
+`gw.billing`, is released by the caller's `gw.billing.release`, which runs on every path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import math
-import time
-from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
 
-from . import credentials, forms, ledger, mappers, pricing, providers, whitelists
+from . import credentials, forms, mappers, providers, whitelists
 from .context import RequestContext
 from .errors import ApiError
 from .routing import Router
 from .state import Account
 
 MULTIPART_PROMPT_ESTIMATE = 1000  # tokens; a file upload's size says nothing about its tokens
-_month = ["", 0.0]  # "YYYY-MM" and the time it stops being current
-
-
-def current_month() -> str:
-    now = time.time()
-    if now >= _month[1]:
-        dt = datetime.fromtimestamp(now, UTC)
-        nxt = datetime(dt.year + dt.month // 12, dt.month % 12 + 1, 1, tzinfo=UTC)
-        _month[0], _month[1] = dt.strftime("%Y-%m"), nxt.timestamp()
-    return _month[0]
 
 
 class Admission:
@@ -60,7 +47,7 @@ class Admission:
         self.map_model(ctx)
         self.check_models(acc, ctx.model)
         self.route_level(ctx)
-        self.reserve(ctx)
+        self.gw.billing.hold(ctx)
         ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, ctx.model)
 
     # -- 1, 2 ---------------------------------------------------------------
@@ -255,57 +242,6 @@ class Admission:
         ctx.body = orjson.dumps(ctx.payload)
         return True
 
-    # -- 8 ------------------------------------------------------------------
-    def reserve(self, ctx: RequestContext) -> None:
-        acc = ctx.account
-        month = current_month()
-        if acc.month != month:
-            acc.month, acc.month_spend = month, 0.0
-        estimate_n = self.estimate_n(ctx)
-        if not ledger.reserve(acc, estimate_n, ledger.to_n(self.settings.call_floor, acc.rates)):
-            raise ApiError(
-                403,
-                "insufficient_balance",
-                f"the balance ({ledger.balance(acc):.4f}, less requests in flight) cannot cover "
-                "this request; recharge the account or lower max_tokens",
-            )
-        over = ledger.over_hard_limit(acc.chain, estimate_n, month)
-        if over is not None:
-            ledger.release(acc, estimate_n)
-            whose = "this account's" if over is acc else "an account above this one's"
-            raise ApiError(
-                403,
-                "hard_limit_reached",
-                f"this month's spend, with requests in flight, would pass {whose} HardLimit"
-                f" of {over.hard_limit:g}; ask for a higher limit or wait for next month",
-            )
-        ledger.hold(acc.chain, estimate_n)
-        ctx.reserved_n, ctx.held = estimate_n, acc.chain
-
-    def estimate_n(self, ctx: RequestContext) -> int:
-        """Prompt estimate plus the completion cap times the answers asked for (`n`,
-        `best_of`, images), at list price x Factor, in nano base units."""
-        cap, copies = self.settings.default_max_tokens, 1
-        if isinstance(ctx.payload, dict):
-            for name in providers.MAX_TOKENS_FIELDS:
-                value = _positive(ctx.payload.get(name))
-                if value:
-                    cap = value
-                    break
-            copies = max(_positive(ctx.payload.get(f)) for f in providers.COPIES_FIELDS) or 1
-        ctx.prompt_estimate = max(ctx.prompt_estimate, 1)
-        price = ctx.config.prices(ctx.upstream_model or ctx.model)
-        usd = pricing.cost_usd(price, ctx.prompt_estimate, cap * copies, 0)
-        return math.ceil(usd * ctx.account.factor * ledger.NANO)
-
-
-def release(ctx: RequestContext) -> None:
-    """Give back what step 8 held; safe to call on every path, any number of times."""
-    if ctx.reserved_n:
-        ledger.release(ctx.account, ctx.reserved_n)
-        ledger.hold(ctx.held, -ctx.reserved_n)
-        ctx.reserved_n = 0
-
 
 def suspended() -> ApiError:
     return ApiError(403, "account_suspended", "this account is suspended; ask the account above it")
@@ -316,11 +252,6 @@ def client_key(request: web.Request) -> str:
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return request.headers.get("x-api-key", "").strip()
-
-
-def _positive(value) -> int:
-    """A positive integer field of the body, else 0 (the upstream refuses what is wrong)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _model_name(value) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from datetime import UTC, datetime
 
 import orjson
 
-from . import credentials, vendors
+from . import credentials, ledger, months, vendors
 from .ownerconf import OwnerConfig
 from .state import (
     ACCOUNT_COLUMNS,
@@ -24,12 +23,6 @@ from .store import ops as o
 from .store.ops import AccountPut
 
 log = logging.getLogger("xaiproxy.boot")
-
-
-def month_start(now: float | None = None) -> tuple[str, float]:
-    dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    start = dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return start.strftime("%Y-%m"), start.timestamp()
 
 
 async def load(gw) -> str | None:
@@ -50,13 +43,11 @@ async def load(gw) -> str | None:
         acc = state.accounts.get(row["account_id"])
         if acc is not None:
             acc.grants.append(Grant(**row))
-    month, start = month_start(now)
-    # Month spend from the daily rollup, valued at each account's current Rates.
-    for account_id, spent_n in await store.spend_since(int(start // 86400)):
-        acc = state.accounts.get(account_id)
-        if acc is not None:
-            acc.month, acc.month_spend = month, spent_n * acc.rates / 1e9
-    _load_tree_spend(state, month, await store.spend_by_dna_since(int(start // 86400)))
+    month, start = months.start(now)
+    day = int(start // 86400)
+    ledger.load_month_spend(
+        state, month, await store.spend_since(day), await store.spend_by_dna_since(day)
+    )
     await _load_keys(gw)
     await _load_configs(gw)
     await gw.objects.load()
@@ -64,17 +55,6 @@ async def load(gw) -> str | None:
     for table, max_id in (await store.max_ids()).items():
         state.seed_id(table, max_id)
     return new_root_key
-
-
-def _load_tree_spend(state, month: str, rows) -> None:
-    """HardLimit counts a subtree: each account's month spend includes all below it."""
-    for acc in state.accounts.values():
-        acc.tree_month = month
-    for dna, spent_n in rows:
-        for part in dna.strip(".").split("."):
-            acc = state.accounts.get(int(part)) if part.isdigit() else None
-            if acc is not None:
-                acc.tree_spend_n += spent_n
 
 
 async def _open_box(gw) -> credentials.SecretBox:

@@ -16,6 +16,7 @@ import bisect
 import math
 import time
 
+from . import months
 from .errors import ApiError
 from .state import Account, Grant, State
 from .store import ops as o
@@ -78,6 +79,48 @@ def release(acc: Account, estimate_n: int) -> None:
         acc.reserved_n -= estimate_n
 
 
+# -- month spend: nano base units, kept here only -------------------------------
+# Each account counts its own spend (MonthSpend, SoftLimit) and its subtree's
+# (HardLimit) for one calendar month; both are base units, so a Rates change
+# revalues them exactly as a restart would.
+def _roll(a: Account, month: str) -> None:
+    if a.month != month:
+        a.month, a.month_n, a.tree_spend_n = month, 0, 0
+
+
+def month_spend_n(acc: Account, month: str | None = None) -> int:
+    """acc's own spend in `month` (default: this month; 0 when it has not spent in it)."""
+    return acc.month_n if acc.month == (month or months.current()) else 0
+
+
+def month_spend(acc: Account, month: str | None = None) -> float:
+    """The same in acc's own units (MonthSpend)."""
+    return from_n(month_spend_n(acc, month), acc.rates)
+
+
+def count_spend(acc: Account, cost_n: int, month: str) -> None:
+    """Count a settled cost in this month's spend of the account and every ancestor."""
+    for a in acc.chain:
+        _roll(a, month)
+        a.tree_spend_n += cost_n
+    acc.month_n += cost_n
+
+
+def load_month_spend(state: State, month: str, own, by_dna) -> None:
+    """At start: (account id, spent_n) rows and (dna, spent_n) rows of this month."""
+    for acc in state.accounts.values():
+        acc.month, acc.month_n, acc.tree_spend_n = month, 0, 0
+    for account_id, spent_n in own:
+        acc = state.accounts.get(account_id)
+        if acc is not None:
+            acc.month_n += spent_n
+    for dna, spent_n in by_dna:  # a subtree's spend counts for every account above it
+        for part in dna.strip(".").split("."):
+            acc = state.accounts.get(int(part)) if part.isdigit() else None
+            if acc is not None:
+                acc.tree_spend_n += spent_n
+
+
 # -- HardLimit: every account counts its whole subtree's spend and holds -------------
 def over_hard_limit(chain: tuple[Account, ...], estimate_n: int, month: str) -> Account | None:
     """The first account of the chain whose HardLimit this request would pass, else None.
@@ -86,8 +129,7 @@ def over_hard_limit(chain: tuple[Account, ...], estimate_n: int, month: str) -> 
     requests just under the limit cannot overshoot it.
     """
     for a in chain:
-        if a.tree_month != month:
-            a.tree_month, a.tree_spend_n = month, 0
+        _roll(a, month)
         if a.hard_limit > 0:
             used_n, limit_n = a.tree_spend_n + a.tree_held_n, to_n(a.hard_limit, a.rates)
             if used_n >= limit_n or used_n + estimate_n > limit_n:
@@ -98,15 +140,6 @@ def over_hard_limit(chain: tuple[Account, ...], estimate_n: int, month: str) -> 
 def hold(chain: tuple[Account, ...], amount_n: int) -> None:
     for a in chain:
         a.tree_held_n += amount_n
-
-
-def month_spend(acc: Account, cost_n: int, month: str) -> None:
-    """Count a settled cost in this month's spend of the account and every ancestor."""
-    acc.month_spend += from_n(cost_n, acc.rates)
-    for a in acc.chain:
-        if a.tree_month != month:
-            a.tree_month, a.tree_spend_n = month, 0
-        a.tree_spend_n += cost_n
 
 
 def _give_back(g: Grant, take_n: int) -> None:

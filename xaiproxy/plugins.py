@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from . import admission, changes, credentials, ledger, limits, objects
+from . import admission, billing, changes, credentials, ledger, limits, objects
 from .context import RequestContext
 from .errors import ApiError, StartError
 from .hooks import Hooks
@@ -166,6 +166,7 @@ class Gateway:
         self.ledger = ledger.Ledger(state)  # all money movements of this gateway
         self.hooks = Hooks()
         self.changes = changes.Changes(self)  # the one way to change accounts and keys
+        self.billing = billing.Billing(self)  # a request's hold and settlement (data plane)
         self.limiter = limits.MemoryLimiter()  # rate limits; a shared one replaces it (SPEC 12)
         self.routes: list[RouteSpec] = []
         self.startup: list[Callable[[], Awaitable[None]]] = []

@@ -19,8 +19,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import errors, ledger, mappers, providers
-from .admission import release
+from . import errors, mappers, providers
 from .context import RequestContext
 from .errors import ApiError
 from .routing import Refused
@@ -46,7 +45,7 @@ REALTIME = providers.Protocol(
 
 
 class Usage:
-    """A scanner-shaped holder for one response's usage, for Relay.settle."""
+    """A scanner-shaped holder for one response's usage, for Billing.settle."""
 
     __slots__ = ("usage",)
 
@@ -62,6 +61,7 @@ class Realtime:
         self.gw = gw
         self.relay = relay
         self.admission = relay.admission
+        self.billing = gw.billing
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ctx = self.relay.new_context(request)
@@ -70,13 +70,13 @@ class Realtime:
             await self.admit(ctx)
             upstream = await self.connect(ctx)
         except ApiError as exc:
-            release(ctx)
+            self.billing.release(ctx)
             self.relay._finish(ctx, None)
             return self.relay._error(ctx, exc)
         try:
             return await self.session(ctx, upstream)
         finally:
-            release(ctx)
+            self.billing.release(ctx)
             if not upstream.closed:
                 await upstream.close()
             self.relay._finish(ctx, None)
@@ -96,7 +96,7 @@ class Realtime:
         adm.check_models(acc, model)
         adm.route_level(ctx)
         ctx.prompt_estimate = 1
-        adm.reserve(ctx)
+        self.billing.hold(ctx)
         ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, model)
 
     async def connect(self, ctx: RequestContext) -> aiohttp.ClientWebSocketResponse:
@@ -196,15 +196,11 @@ class Realtime:
             limits=ctx.limits,
             prompt_estimate=1,
             reserved_n=ctx.reserved_n,  # the session's hold is released by this bill
+            held=ctx.held,
         )
         ctx.reserved_n = 0
-        self.relay.settle(one, Usage(usage if isinstance(usage, dict) else None), True)
-        estimate = self.admission.estimate_n(one)
-        floor = ledger.to_n(self.gw.settings.call_floor, ctx.account.rates)
-        if not ledger.reserve(ctx.account, estimate, floor):
-            return False
-        ctx.reserved_n = estimate
-        return True
+        self.billing.settle(one, Usage(usage if isinstance(usage, dict) else None), True)
+        return self.billing.hold_again(ctx)
 
     async def _cut_off(self, ctx: RequestContext, client) -> None:
         ctx.error = "insufficient_balance"

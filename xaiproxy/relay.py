@@ -24,21 +24,18 @@ from . import (
     catalog,
     credentials,
     errors,
-    ledger,
     paths,
-    pricing,
     providers,
     realtime,
     sse,
     vendors,
 )
-from .admission import Admission, client_key, current_month, release
+from .admission import Admission, client_key
 from .context import RequestContext
 from .errors import ApiError
 from .plugins import REQUEST_CTX
 from .probes import Prober
 from .routing import Refused, Router
-from .store.ops import UsageRecord
 from .upstream import ClientGone, UpstreamError, UpstreamTimeout
 
 RETRY_STATUSES = frozenset((401, 403, 429))  # and every 5xx
@@ -59,6 +56,7 @@ class Relay:
             gw.settings.forward_headers
         )
         self.admission = Admission(gw)
+        self.billing = gw.billing
         self.inflight = 0
         self.busy: dict[int, int] = {}  # account id -> its requests in flight (0s dropped)
         self._prefix = "req_" + secrets.token_hex(4)
@@ -112,7 +110,7 @@ class Relay:
         finally:
             if held:
                 self._unhold(ctx.account.id)
-            release(ctx)
+            self.billing.release(ctx)
             if ctx.account is not None and ctx.account.deleted:
                 self._settle_deleted(ctx.account)
             self._finish(ctx, None)
@@ -347,7 +345,7 @@ class Relay:
             raise
         finally:
             self.gw.streams_open -= 1
-            self.settle(ctx, scanner, complete)
+            self.billing.settle(ctx, scanner, complete)
         return out
 
     @staticmethod
@@ -363,7 +361,7 @@ class Relay:
         up.release()
         body = scanner.feed(raw) + scanner.finish()  # as is, or translated
         ctx.ttfb = time.perf_counter() - ctx.started
-        self.settle(ctx, scanner, complete)
+        self.billing.settle(ctx, scanner, complete)
         return web.Response(status=status, body=body, headers=headers)
 
     def _response_headers(self, ctx: RequestContext, up) -> CIMultiDict:
@@ -433,56 +431,6 @@ class Relay:
         elif ctx.request.transport is not None:
             ctx.request.transport.close()  # a cut JSON body must not look complete
 
-    # -- settle ---------------------------------------------------------------------
-    def settle(self, ctx: RequestContext, scanner, complete: bool) -> None:
-        """Bill the answer once: release the hold, debit the real cost, queue the usage row."""
-        if ctx.billed:
-            return
-        ctx.billed = True
-        release(ctx)
-        _tokens(ctx, scanner, complete)
-        acc, price = ctx.account, ctx.config.prices(ctx.upstream_model or ctx.model)
-        usd = pricing.cost_usd(
-            price,
-            ctx.prompt_tokens,
-            ctx.completion_tokens,
-            ctx.cached_tokens,
-            ctx.cache_write_tokens,
-        )
-        ctx.cost_n = ledger.cost_n(usd * acc.factor)
-        ctx.cost = ledger.from_n(ctx.cost_n, acc.rates)
-        ledger.month_spend(acc, ctx.cost_n, current_month())
-        self.gw.store.submit_usage(self._usage_row(ctx), self.gw.ledger.spend(acc, ctx.cost_n))
-        if ctx.limits:
-            self.gw.limiter.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
-        if self.hooks.on_usage:
-            self.hooks.on_usage.fire(ctx)  # a raising hook is logged and skipped
-
-    @staticmethod
-    def _usage_row(ctx: RequestContext) -> UsageRecord:
-        acc = ctx.account
-        return UsageRecord(
-            time.time(),
-            acc.id,
-            acc.owner_acc.id,
-            acc.dna,
-            ctx.model,
-            ctx.upstream_model,
-            ctx.level,
-            ctx.key.id if ctx.key else 0,
-            ctx.path,
-            ctx.prompt_tokens,
-            ctx.completion_tokens,
-            ctx.cached_tokens,
-            ctx.cost,
-            ctx.cost_n,
-            ctx.status,
-            (time.perf_counter() - ctx.started) * 1000.0,
-            int(ctx.estimated),
-            ctx.request_id,
-            int(ctx.failover),
-        )
-
     # -- GET /v1/models ---------------------------------------------------------------
     async def models(self, request: web.Request) -> web.StreamResponse:
         ctx = self.new_context(request)
@@ -529,19 +477,6 @@ class _Sink:
 
     def done(self) -> None:
         self.ctx.request.writer.output_size += self.sent  # for the access log's byte count
-
-
-def _tokens(ctx: RequestContext, scanner, complete: bool) -> None:
-    """Usage from the answer; estimates (marked) where it is missing or the answer was cut."""
-    protocol = ctx.plan.upstream if ctx.plan is not None else ctx.protocol
-    counts = providers.normalize_usage(protocol.usage, scanner.usage) if scanner.usage else None
-    p, c, cached, write = counts or (0, 0, 0, 0)
-    ctx.estimated = counts is None or not complete
-    if ctx.estimated:
-        p = p or ctx.prompt_estimate
-        c = max(c, scanner.estimate_completion())
-    ctx.prompt_tokens, ctx.completion_tokens = p, c
-    ctx.cached_tokens, ctx.cache_write_tokens = cached, write
 
 
 def _retry_after(resp) -> float:

@@ -142,10 +142,10 @@ class Account:
     grants: list[Grant] = field(default_factory=list)  # soonest expiry first
     reserved_n: int = 0  # estimated cost of requests in flight
     deleted: bool = False  # removed from the tree; its requests in flight settle with the parent
-    month: str = ""  # "YYYY-MM" that month_spend counts
-    month_spend: float = 0.0  # in the account's own units
-    # HardLimit covers the whole subtree: its month spend and what its requests in flight hold.
-    tree_month: str = ""
+    # Month spend (owned by ledger.py, nano base units): its own, and its subtree's for
+    # HardLimit, which also counts what the subtree's requests in flight hold.
+    month: str = ""  # "YYYY-MM" that month_n and tree_spend_n count
+    month_n: int = 0
     tree_spend_n: int = 0
     tree_held_n: int = 0
     ip_nets: tuple | None = None

@@ -92,14 +92,14 @@ async def settle(inst, inbox=None, count=None, wait=5.0):
 
 
 def overspend(acc, inst) -> None:
-    acc.month, acc.month_spend = inst.month(), acc.soft_limit + 1
+    acc.month, acc.month_n = inst.month(), ledger.to_n(acc.soft_limit + 1, acc.rates)
 
 
 async def test_soft_limit_mails_once_per_month(api, smtp):
     uid, _ = await new_user(api, "spender-one", 100, BillingEmail="billing@example.com")
     await use_smtp(api, smtp.port)
     inst, acc = alerts_of(api), api.gw.state.accounts[uid]
-    acc.month_spend = acc.soft_limit - 1
+    acc.month_n = ledger.to_n(acc.soft_limit - 1, acc.rates)
     acc.month = inst.month()
     fire(api, acc)
     await settle(inst)

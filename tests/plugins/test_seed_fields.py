@@ -7,8 +7,7 @@ import sqlite3
 
 from tests.fakes import add_key, add_user, chat, set_config
 from tests.helpers import ROOT_KEY, start_gateway
-from xaiproxy import ledger
-from xaiproxy.admission import current_month
+from xaiproxy import ledger, months
 from xaiproxy.credentials import hash_key
 from xaiproxy.store.sqlite_schema import MIGRATIONS
 
@@ -218,7 +217,7 @@ async def test_auto_quota_follows_a_recharge_and_a_refund(api, upstream):
     assert r.status == 200 and limits(api, uid) == (True, 9, 90, 72)
     # the data plane reads the new HardLimit at once: 85 spent this month leaves no room
     acc = api.gw.state.accounts[uid]
-    acc.tree_month, acc.tree_spend_n = current_month(), ledger.to_n(85, acc.rates)
+    acc.month, acc.tree_spend_n = months.current(), ledger.to_n(85, acc.rates)
     assert (await api.post("/v1/chat/completions", chat(), key=ukey)).status == 200
     assert (await api.put(f"/x-users/{uid}", {"CreditGranted": -1})).status == 200
     assert limits(api, uid) == (True, 8, 80, 64)
