@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.fakes import (
     PROMPT_TOKENS,
     add_user,
@@ -13,6 +15,7 @@ from tests.fakes import (
     update_user,
 )
 from xaiproxy import limits
+from xaiproxy import settings as settings_mod
 
 pytest_plugins = ["tests.fakes_fixtures"]
 
@@ -146,5 +149,23 @@ async def test_random_model_names_add_no_buckets(make_gateway):
             *(api.post(CHAT, chat(n), key=key) for n in names[start : start + 200])
         )
         assert {r.status for r in replies} == {503}
-    assert set(acc.limiter.models) == {("owner", "gpt-*"), ("owner", "*"), ("account", "o*")}
-    assert set(api.gw.state.root.limiter.models) == set()
+    table = api.gw.limiter.table  # the limiter's own table, keyed by account id
+    assert set(table[acc.id].models) == {("owner", "gpt-*"), ("owner", "*"), ("account", "o*")}
+    assert api.gw.state.root.id not in table or set(table[api.gw.state.root.id].models) == set()
+
+
+def test_the_limiter_is_chosen_in_settings():
+    assert settings_mod.load(env={}).limiter == "memory"
+    assert isinstance(limits.create("memory"), limits.MemoryLimiter)
+    with pytest.raises(settings_mod.SettingsError) as err:
+        settings_mod.load(env={"XAI_LIMITER": "redis"})
+    assert "limiter 'redis' is not supported (supported: memory)" in str(err.value)
+
+
+async def test_a_deleted_account_leaves_no_buckets(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    uid, key = await add_user(api, RPM=5)
+    assert (await api.post(CHAT, chat(), key=key)).status == 200
+    assert api.gw.limiter.table[uid].own is not None
+    assert (await api.delete(f"/x-users/{uid}")).status == 200
+    assert uid not in api.gw.limiter.table

@@ -87,6 +87,7 @@ class Changes:
             state.reparent(child, parent)
             moved += [child, *state.subtree(child)]
         state.remove_account(acc)
+        self.gw.limiter.forget(acc.id)
         ops: list = [o.AccountDelete(acc.id)]
         ops += [o.AccountMove(m.id, m.parent_id, m.dna, m.level) for m in moved]
         return ops, moved

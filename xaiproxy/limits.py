@@ -6,8 +6,9 @@ refuses with 429 and the time until it would fit. Request buckets take 1 when a
 request is admitted; token buckets are charged the tokens actually billed after the
 answer, and refuse new requests while they are over their limit.
 
-Buckets live in memory per account (`acc.limiter`), built lazily and rebuilt when the
-account's limit values change. A request counts against every account of its chain
+`gw.limiter` is the one object the data plane asks (`Limiter`); the in-process one keeps
+its buckets in its own table keyed by account id, built lazily and rebuilt when the
+limit values change. A request counts against every account of its chain
 (SPEC 3): each account's own RPM..TPD and its ModelLimits, shared by its subtree; the
 owner's MODEL_LIMITS apply in addition, to each account below the owner (and to the
 owner's own requests). Per-model buckets are keyed by the matched pattern, never by
@@ -17,6 +18,7 @@ the raw model name, so random model names cannot grow memory.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple, Protocol
 
 from aiolimiter import AsyncLimiter
 
@@ -98,23 +100,28 @@ def _buckets(per_period: tuple[int, ...]) -> list[Bucket]:
 
 
 class AccountLimits:
-    """acc.limiter: the account's own buckets plus one `Limits` per matched model pattern."""
+    """One account's row of the limiter's table: its own buckets, and one `Limits` per
+    matched model pattern."""
 
-    __slots__ = ("values", "own", "models", "source", "table")
+    __slots__ = ("own", "models")
 
-    def __init__(self, values: tuple[int, ...]) -> None:
-        self.values = values
-        self.own = Limits(values) if any(values) else None
+    def __init__(self) -> None:
+        self.own: Limits | None = None
         self.models: dict[tuple[str, str], Limits] = {}  # (source, pattern) -> buckets
-        self.source: dict | None = None  # the account's ModelLimits that `table` compiles
-        self.table = GlobTable(())
 
-    def own_table(self, model_limits: dict) -> GlobTable:
-        """The account's ModelLimits, compiled once per value (a change makes a new dict)."""
-        if self.source is not model_limits:
-            self.source = model_limits
-            self.table = GlobTable(model_limits.items(), exact_first=True)
-        return self.table
+
+class Scope(NamedTuple):
+    """One set of limits a request counts against: whose, which, and how much."""
+
+    account_id: int
+    source: str  # "" = the account's own RPM..TPD; "account" / "owner" = a ModelLimits entry
+    pattern: str  # the matched model pattern ("" for the account's own)
+    values: tuple[int, ...]  # RPM, RPH, RPD, TPM, TPH, TPD; 0 = none
+
+    @property
+    def name(self) -> str:
+        """A flat key for shared counters (the Redis limiter's scope name)."""
+        return f"{self.account_id}:{self.source}:{self.pattern}"
 
 
 def _values(obj) -> tuple[int, ...]:
@@ -131,42 +138,39 @@ def match(table: GlobTable, model: str) -> tuple[str, tuple[int, ...]] | None:
     return (key, values) if any(values) else None
 
 
-def _limiter(acc) -> AccountLimits:
-    """acc's buckets; its own are rebuilt when its values change (per-model ones keep
-    their level: editing an account never resets the owner's MODEL_LIMITS buckets)."""
-    values = _values(acc)
-    al = acc.limiter
-    if al is None:
-        al = acc.limiter = AccountLimits(values)
-    elif al.values != values:
-        al.values, al.own = values, Limits(values) if any(values) else None
-    return al
+_compiled: dict[int, tuple[dict, GlobTable]] = {}  # account id -> (its ModelLimits, compiled)
 
 
-def _model_scope(al: AccountLimits, source: str, table: GlobTable, model: str) -> Limits | None:
-    found = match(table, model)
-    if found is None:
-        return None
-    pattern, values = found
-    ml = al.models.get((source, pattern))
-    if ml is None or ml.values != values:
-        ml = al.models[(source, pattern)] = Limits(values)
-    return ml
+def _account_table(acc) -> GlobTable:
+    """acc's ModelLimits, compiled once per value (a change makes a new dict)."""
+    found = _compiled.get(acc.id)
+    if found is None or found[0] is not acc.model_limits:
+        found = _compiled[acc.id] = (
+            acc.model_limits,
+            GlobTable(acc.model_limits.items(), exact_first=True),
+        )
+    return found[1]
 
 
-def scopes(acc, owner_limits: GlobTable, model: str) -> list[Limits]:
-    """Every Limits this request counts against, from root down to the account."""
-    out: list[Limits] = []
+def scopes(acc, owner_limits: GlobTable, model: str) -> list[Scope]:
+    """Every scope this request counts against, from root down to the account.
+
+    Pure (no buckets): a shared limiter sends these, names and values, in its one
+    round trip."""
+    out: list[Scope] = []
     below_owner = False
     for a in acc.chain:
-        al = _limiter(a)
-        if al.own:
-            out.append(al.own)
-        tables = [("account", al.own_table(a.model_limits))] if a.model_limits else []
+        own = _values(a)
+        if any(own):
+            out.append(Scope(a.id, "", "", own))
+        tables = [("account", _account_table(a))] if a.model_limits else []
         if owner_limits and (below_owner or a is acc):
             tables.append(("owner", owner_limits))
         if model:
-            out += [s for s in (_model_scope(al, *t, model) for t in tables) if s]
+            for source, table in tables:
+                found = match(table, model)
+                if found is not None:
+                    out.append(Scope(a.id, source, *found))
         below_owner = below_owner or a is acc.owner_acc
     return out
 
@@ -220,19 +224,55 @@ def headers_for(scoped: list[Limits]) -> dict[str, str]:
     return headers
 
 
-class MemoryLimiter:
-    """`gw.limiter`: the in-process limiter, the one object the data plane asks.
+class Limiter(Protocol):
+    """What the data plane asks of `gw.limiter` (chosen by the `limiter` setting).
 
-    A shared limiter (Redis, SPEC 12) implements the same three calls over shared
-    counters; `admit` is async so that one can do its round trip there.
+    `admit` returns an opaque ticket for the request (what it was admitted under), or
+    raises the 429 `ApiError`; `charge` and `headers` take that ticket. `admit` is async
+    so a shared limiter (Redis, SPEC 12) can check and take every scope in one round
+    trip: `scopes()` gives it their names and values without touching a bucket.
     """
 
-    async def admit(self, acc, owner_limits: dict, model: str) -> list[Limits]:
-        """The scopes this request counts against, each having taken it; 429 otherwise."""
-        scoped = scopes(acc, owner_limits, model)
+    async def admit(self, acc, owner_limits: GlobTable, model: str) -> Any: ...
+
+    def charge(self, ticket: Any, tokens: int) -> None: ...
+
+    def headers(self, ticket: Any) -> dict[str, str]: ...
+
+    def forget(self, account_id: int) -> None: ...
+
+
+class MemoryLimiter:
+    """`limiter = "memory"`: in-process buckets in a table keyed by account id.
+
+    An account's own buckets are rebuilt when its limit values change; per-model ones
+    when their entry's values change (editing an account never resets the owner's
+    MODEL_LIMITS buckets).
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[int, AccountLimits] = {}
+
+    async def admit(self, acc, owner_limits: GlobTable, model: str) -> list[Limits]:
+        """The buckets this request counts against, each having taken it; 429 otherwise."""
+        scoped = [self._buckets(s) for s in scopes(acc, owner_limits, model)]
         if scoped:
             admit(scoped)
         return scoped
+
+    def _buckets(self, scope: Scope) -> Limits:
+        row = self.table.get(scope.account_id)
+        if row is None:
+            row = self.table[scope.account_id] = AccountLimits()
+        if not scope.source:
+            if row.own is None or row.own.values != scope.values:
+                row.own = Limits(scope.values)
+            return row.own
+        key = (scope.source, scope.pattern)
+        found = row.models.get(key)
+        if found is None or found.values != scope.values:
+            found = row.models[key] = Limits(scope.values)
+        return found
 
     @staticmethod
     def charge(scoped: list[Limits], tokens: int) -> None:
@@ -242,3 +282,21 @@ class MemoryLimiter:
     @staticmethod
     def headers(scoped: list[Limits]) -> dict[str, str]:
         return headers_for(scoped)
+
+    def forget(self, account_id: int) -> None:
+        """An account is gone: drop its buckets."""
+        self.table.pop(account_id, None)
+        _compiled.pop(account_id, None)
+
+
+LIMITERS = {"memory": MemoryLimiter}
+
+
+def create(name: str) -> Limiter:
+    """The limiter the `limiter` setting names."""
+    try:
+        return LIMITERS[name]()
+    except KeyError:
+        raise ValueError(
+            f"limiter {name!r} is not supported (supported: {', '.join(LIMITERS)})"
+        ) from None

@@ -167,7 +167,7 @@ class Gateway:
         self.hooks = Hooks()
         self.changes = changes.Changes(self)  # the one way to change accounts and keys
         self.billing = billing.Billing(self)  # a request's hold and settlement (data plane)
-        self.limiter = limits.MemoryLimiter()  # rate limits; a shared one replaces it (SPEC 12)
+        self.limiter = limits.create(settings.limiter)  # rate limits (limits.Limiter)
         self.routes: list[RouteSpec] = []
         self.startup: list[Callable[[], Awaitable[None]]] = []
         self.shutdown: list[Callable[[], Awaitable[None]]] = []

@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import credentials
 
+LIMITERS = ("memory",)  # the `limiter` setting's values (limits.create)
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -28,6 +30,8 @@ class Settings:
     db: str = field(default="./data/xaiproxy.db", repr=False)
     # Redis for the shared hot state of many instances; used by the PostgreSQL backend, coming.
     redis: str = field(default="", repr=False)
+    # Where rate-limit buckets live: "memory" (in-process); "redis" comes with SPEC 12.
+    limiter: str = "memory"
     config: str = ""
     root_key: str = ""
     prices: str = ""
@@ -154,6 +158,10 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
         raise SettingsError(
             "setting 'root_key' (XAI_ROOT_KEY) must be 'sk-Xvs' followed by 45 characters"
             " of A-Z a-z 0-9 - _ (51 in all); unset it to have one generated"
+        )
+    if settings.limiter not in LIMITERS:
+        raise SettingsError(
+            f"limiter {settings.limiter!r} is not supported (supported: {', '.join(LIMITERS)})"
         )
     return settings.replace(prices=resolve_prices_path(settings))
 

@@ -154,7 +154,6 @@ class Account:
     level_set: frozenset[int] | None = None
     model_rules: list = field(default_factory=list)  # compiled model_mapper
     level_rules: list = field(default_factory=list)
-    limiter: Any = None  # limits.AccountLimits, attached lazily by the data plane
 
     @property
     def is_root(self) -> bool:
