@@ -4,15 +4,18 @@ coercion, options, migrations, and the documented names."""
 import logging
 import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.fakes import add_user, chat, ready
 from xaiproxy import hooks as hooks_mod
 from xaiproxy import ledger, plugins
 from xaiproxy import settings as settings_mod
+from xaiproxy.app import GATEWAY, create_app
 from xaiproxy.context import RequestContext
 from xaiproxy.errors import StartError
 from xaiproxy.hooks import Hooks, HooksFrozen
@@ -362,3 +365,63 @@ def test_one_place_imports_every_documented_name():
 def test_request_context_fields_are_documented():
     for name in RequestContext.__dataclass_fields__:
         assert f"`ctx.{name}`" in README, f"ctx.{name} is not in plugins/README.md"
+
+
+def _writer_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith("xaiproxy-writer")]
+
+
+@pytest.fixture
+def failing_start():
+    """A plugin whose startup work raises, after the store and the sessions were opened."""
+    module = types.ModuleType("tests.fake_failing_start")
+    stopped = []
+
+    def setup(gw):
+        async def start():
+            raise RuntimeError("plugin cannot start")
+
+        async def stop():
+            stopped.append(True)
+
+        gw.on_startup(start)
+        gw.on_shutdown(stop)
+
+    module.setup = setup
+    sys.modules[module.__name__] = module
+    yield module.__name__, stopped
+    del sys.modules[module.__name__]
+
+
+async def test_a_plugin_failing_at_start_unwinds_what_was_opened(tmp_path, failing_start):
+    name, stopped = failing_start
+    before = _writer_threads()
+    settings = settings_mod.load(env={}, db=str(tmp_path / "f.db"), plugins=("keys", name))
+    app = create_app(settings)
+    gw = app[GATEWAY]
+    runner = web.AppRunner(app)
+    with pytest.raises(RuntimeError, match="plugin cannot start"):
+        await runner.setup()
+    assert gw.session is not None and gw.store._conn is not None  # they were opened
+    await runner.cleanup()
+    assert gw.session.closed and gw.checked_session.closed
+    assert gw.store.closed and _writer_threads() == before
+    assert stopped == [True]  # the plugins' stop ran too
+
+
+def test_a_plugin_failing_in_setup_opens_nothing(tmp_path):
+    module = types.ModuleType("tests.fake_failing_setup")
+
+    def setup(gw):
+        raise RuntimeError("bad plugin")
+
+    module.setup = setup
+    sys.modules[module.__name__] = module
+    try:
+        settings = settings_mod.load(env={}, db=str(tmp_path / "s.db"), plugins=(module.__name__,))
+        before = _writer_threads()
+        with pytest.raises(RuntimeError, match="bad plugin"):
+            create_app(settings)
+        assert _writer_threads() == before and not (tmp_path / "s.db").exists()
+    finally:
+        del sys.modules[module.__name__]

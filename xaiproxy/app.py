@@ -61,29 +61,47 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def _lifecycle(gw: Gateway):
+# One cleanup context per resource: aiohttp cleans up only those whose startup finished,
+# so a failure at start unwinds exactly what was opened before it.
+def _store_ctx(gw: Gateway):
     async def ctx(app: web.Application):
         await gw.store.open()
-        gw.new_root_key = await boot.load(gw)
+        try:
+            gw.new_root_key = await boot.load(gw)
+            yield
+        finally:
+            await gw.store.close()
+
+    return ctx
+
+
+def _upstream_ctx(gw: Gateway):
+    async def ctx(app: web.Application):
         gw.session = _upstream_session(gw.settings, gw.resolver)
         # Its own pool too: a connection made for an unrestricted key is never reused here.
         gw.checked_session = _upstream_session(gw.settings, ssrf.CheckedResolver(gw.resolver))
-        gw.upstream = Pool(gw.settings, resolver=gw.resolver)
+        gw.upstream = Pool(gw.settings, resolver=gw.resolver)  # the data plane's own client
         try:
-            await plugins.start(gw)  # plugin migrations, startup work, then hooks are frozen
-        except BaseException:  # the start stops: leave nothing open behind
+            yield
+        finally:
             await gw.upstream.close()
             await gw.session.close()
             await gw.checked_session.close()
-            await gw.store.close()
-            raise
-        yield
-        for fn in gw.shutdown:
-            await fn()
-        await gw.upstream.close()
-        await gw.session.close()
-        await gw.checked_session.close()
-        await gw.store.close()
+
+    return ctx
+
+
+def _plugins_ctx(gw: Gateway):
+    async def ctx(app: web.Application):
+        try:
+            await plugins.start(gw)  # plugin migrations, startup work, then hooks are frozen
+            yield
+        finally:  # also after a failed start: a stop that finds nothing started does nothing
+            for fn in gw.shutdown:
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("plugin shutdown %s failed", getattr(fn, "__qualname__", fn))
 
     return ctx
 
@@ -121,6 +139,6 @@ def create_app(settings, setup: Sequence[Callable[[Gateway], None]] = ()) -> web
     console.setup(app)
     metrics.setup(app, gw)
     accesslog.setup(app, gw)
-    app.cleanup_ctx.append(_lifecycle(gw))
+    app.cleanup_ctx.extend((_store_ctx(gw), _upstream_ctx(gw), _plugins_ctx(gw)))
     app.on_shutdown.append(_drain)
     return app
