@@ -10,7 +10,7 @@ unit with one op-log entry (`cascade_config`); one refusal refuses it all.
 from __future__ import annotations
 
 from xaiproxy import idempotency
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 from xaiproxy.state import Account
 
 from . import _userfields as uf

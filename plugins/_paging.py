@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 
 PAGING_QUERY = {
     "page": {"type": "string", "pattern": "^[0-9]{1,9}$"},

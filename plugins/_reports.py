@@ -11,7 +11,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 
 from xaiproxy import usage
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 
 DAY = 86400
 MAX_DAYS = 3660

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 from xaiproxy.state import Account
 
 from .alerts import smtp_options

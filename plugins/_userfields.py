@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from xaiproxy import ledger, ownerconf, whitelists
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 from xaiproxy.state import FILTER_RE, Account
 
 # Used with fullmatch: "$" would also accept a trailing newline.

@@ -13,7 +13,7 @@ import time
 from collections import deque
 
 from xaiproxy import ownerconf, ssrf
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 
 from . import _cascade
 from ._userfields import iso

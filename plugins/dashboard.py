@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 
 from . import _reports as reports
 from . import _userfields as uf
@@ -49,7 +49,6 @@ LIMIT_FIELDS = ("HardLimit", "SoftLimit", "RPM", "RPH", "RPD", "TPM", "TPH", "TP
 LIMIT_FIELDS += ("AutoQuota", "ModelLimits", "ChildLimit")
 MAPPER_FIELDS = ("ModelMapper", "LevelMapper")
 LIST_FIELDS = ("AllowIPs", "AllowModels", "Resources", "AllowLevels")
-NO_QUERY = {"type": "object", "properties": {}}  # nothing to ask; extras are ignored
 BILL_QUERY = {"type": "object", "properties": reports.DATE_QUERY, "additionalProperties": False}
 _NUMBER = {"type": "string", "pattern": "^[0-9]{1,9}$"}
 LOGS_QUERY = {
@@ -154,7 +153,6 @@ def setup(gw) -> None:
         "/dashboard/x-user-status",
         user_status,
         summary="Your ID, name, email, balance and DNA",
-        query=NO_QUERY,
         tag=tag,
     )
     gw.route(
@@ -162,7 +160,6 @@ def setup(gw) -> None:
         "/dashboard/x-user-info",
         user_info,
         summary="Your account: details, balance and grants, limits, usage, whitelists",
-        query=NO_QUERY,
         tag=tag,
     )
     gw.route(

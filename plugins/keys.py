@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from xaiproxy import credentials, ssrf, vendors
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 from xaiproxy.state import ProviderKey, is_id
 
 from ._paging import PAGING_QUERY, page

@@ -19,7 +19,7 @@ import re
 import time
 import weakref
 
-from xaiproxy.errors import ApiError
+from xaiproxy.api import ApiError
 from xaiproxy.ledger import DAY
 from xaiproxy.state import Account
 from xaiproxy.store import ops as o
@@ -42,7 +42,6 @@ NEWS_BODY = {
     "additionalProperties": False,
 }
 NO_BODY = {"type": "object", "properties": {}, "additionalProperties": False}
-NO_QUERY = {"type": "object", "properties": {}}
 SYSTEM = o.NewsMatch()  # what root's DELETE /x-news removes
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -242,6 +241,5 @@ def setup(gw) -> None:
         "/dashboard/x-user-news",
         user_news,
         summary="Unexpired system news and news for you or a group you belong to",
-        query=NO_QUERY,
         tag=tag,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from xaiproxy import credentials
-from xaiproxy.errors import ApiError
+from xaiproxy.api import NO_QUERY, ApiError
 from xaiproxy.state import Account
 
 _confirm = {"type": "string", "maxLength": 64}
@@ -29,7 +29,6 @@ ROOT_BODY = {
     "required": ["confirm"],
     "additionalProperties": False,
 }
-NO_QUERY = {"type": "object", "additionalProperties": False}
 
 
 def check_confirm(given: str, suffix: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from xaiproxy import credentials, idempotency, ledger
-from xaiproxy.errors import ApiError
+from xaiproxy.api import NO_QUERY, ApiError
 from xaiproxy.state import FILTER_RE, Account
 
 from . import _sendkey
@@ -31,7 +31,6 @@ LIST_QUERY = {
     },
     "additionalProperties": False,
 }
-NO_QUERY = {"type": "object", "additionalProperties": False}
 
 
 def single(state, caller: Account, ident: str) -> Account:

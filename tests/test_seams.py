@@ -14,8 +14,6 @@ SQL_RE = re.compile(
 )
 # What a plugin may import from the core: the interface SPEC 8 documents (see plugins.py).
 PLUGIN_INTERFACE = {
-    "xaiproxy.plugins",  # Gateway, Call, Hooks, RouteSpec
-    "xaiproxy.errors",  # ApiError
     "xaiproxy.state",  # the account and key views (Account, ProviderKey) and filters
     "xaiproxy.store.ops",  # the store's typed operations and read scopes
     "xaiproxy.ledger",  # money arithmetic: balances, units
@@ -26,7 +24,7 @@ PLUGIN_INTERFACE = {
     "xaiproxy.idempotency",  # the Idempotency-Key guard for money movements
     "xaiproxy.vendors",  # the vendor types a provider key may have (SPEC 13)
     "xaiproxy.usage",  # reading usage (gw.usage): scopes, dates, rows
-    "xaiproxy.api",  # every name above a plugin needs, from one place
+    "xaiproxy.api",  # Gateway, Call, RouteSpec, NO_QUERY, ApiError, hooks: from one place
 }
 
 

@@ -32,9 +32,10 @@ class Admission:
             ipaddress.ip_network(p, strict=False) for p in gw.settings.trusted_proxies
         )
 
-    def identify(self, ctx: RequestContext) -> None:
-        """Checks 1-4: before the request holds a data-plane slot or its body is read."""
-        acc = ctx.account = self.account(ctx.request)
+    def identify(self, ctx: RequestContext, key: str | None = None) -> None:
+        """Checks 1-4: before the request holds a data-plane slot or its body is read.
+        `key`: the client key when it came some other way than the headers (realtime)."""
+        acc = ctx.account = self.account(ctx.request, key)
         ctx.config = self.gw.config(acc.owner_acc.id)
         self.check_ip(ctx)
         self.check_resources(ctx)
@@ -52,7 +53,7 @@ class Admission:
 
     # -- 1, 2 ---------------------------------------------------------------
     def account(self, request: web.Request, key: str | None = None) -> Account:
-        key = key or client_key(request)
+        key = key or credentials.client_key(request)
         acc = self.gw.state.by_key.get(credentials.hash_key(key)) if key else None
         if acc is None:
             raise ApiError(
@@ -245,13 +246,6 @@ class Admission:
 
 def suspended() -> ApiError:
     return ApiError(403, "account_suspended", "this account is suspended; ask the account above it")
-
-
-def client_key(request: web.Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key", "").strip()
 
 
 def _model_name(value) -> str:

@@ -16,7 +16,7 @@ from . import usage
 from .context import RequestContext
 from .errors import ApiError, Code, StartError
 from .hooks import BeforeUpstream, Hooks, HooksFrozen, OnRequestEnd, OnUsage
-from .plugins import Call, Gateway, Option, Options, RouteSpec, context_of
+from .plugins import NO_QUERY, Call, Gateway, Option, Options, RouteSpec, context_of
 from .state import Account, ProviderKey, State
 from .usage import Usage, UsageRow
 
@@ -27,6 +27,7 @@ __all__ = [
     "Call",
     "Code",
     "Gateway",
+    "NO_QUERY",
     "Hooks",
     "HooksFrozen",
     "OnRequestEnd",

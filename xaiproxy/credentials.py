@@ -154,3 +154,11 @@ def _map_headers(config: dict, fn) -> dict:
     if not isinstance(headers, dict) or not headers:
         return config
     return {**config, "headers": {k: fn(str(v)) for k, v in headers.items()}}
+
+
+def client_key(request) -> str:
+    """The client's key as sent: `Authorization: Bearer <key>`, else `x-api-key`."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "").strip()

@@ -89,15 +89,3 @@ def response(
 
 def from_exc(exc: ApiError, anthropic: bool = False) -> web.Response:
     return response(exc.status, exc.code, exc.message, exc.headers, anthropic)
-
-
-def bad_request(message: str, code: str = "invalid_request") -> ApiError:
-    return ApiError(400, code, message)
-
-
-def not_found(what: str = "resource") -> ApiError:
-    return ApiError(404, "not_found", f"{what} not found")
-
-
-def forbidden(message: str, code: str = "permission_denied") -> ApiError:
-    return ApiError(403, code, message)

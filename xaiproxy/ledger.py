@@ -188,15 +188,9 @@ class Ledger:
     `to_n`, ...) so plugins need nothing else for money.
     """
 
-    NANO = NANO
     to_n = staticmethod(to_n)
-    from_n = staticmethod(from_n)
     balance = staticmethod(balance)
     balance_n = staticmethod(balance_n)
-    available_n = staticmethod(available_n)
-    reserve = staticmethod(reserve)
-    release = staticmethod(release)
-    check_amount = staticmethod(check_amount)
     audit = staticmethod(audit)
 
     def __init__(self, state: State) -> None:

@@ -50,6 +50,8 @@ BUILTIN_PACKAGE = "xaiproxy_plugins"
 ENTRY_POINT_GROUP = "xaiproxy.plugins"
 # Per-request storage shared by the data plane, plugins, the access log and metrics
 # (aiohttp wants typed keys; a plain string key warns).
+# The query schema of a route that takes no query parameters: any is refused (400).
+NO_QUERY = {"type": "object", "additionalProperties": False}
 REQUEST_CTX = web.RequestKey("ctx", RequestContext)  # set by relay.py on every /v1 request
 REQUEST_CALLER = web.RequestKey("caller", Account)  # set for every authenticated management call
 # Paths the core serves; a plugin route there would never be reached.
@@ -117,13 +119,12 @@ class Call:
     `param(name)` (a `{name}` path segment), `request` (the aiohttp request), `gw`.
     """
 
-    __slots__ = ("request", "gw", "caller", "body", "query", "spec")
+    __slots__ = ("request", "gw", "caller", "body", "query")
 
     def __init__(self, request: web.Request, gw: Gateway, caller: Account | None, spec: RouteSpec):
         self.request = request
         self.gw = gw
         self.caller = caller
-        self.spec = spec
         self.body: Any = None
         self.query: dict[str, Any] = coerce_query(spec.query, request.query)
 
@@ -229,7 +230,7 @@ class Gateway:
     # -- services for plugins ---------------------------------------------
     def authenticate(self, request: web.Request) -> Account:
         """The account whose key the request carries (401/403 otherwise)."""
-        key = _client_key(request)
+        key = credentials.client_key(request)
         acc = self.state.by_key.get(credentials.hash_key(key)) if key else None
         if acc is None:
             raise ApiError(401, "invalid_api_key", "missing or invalid API key")
@@ -261,13 +262,6 @@ class Gateway:
     ) -> o.OpLog:
         """An operation-log row, to add to the unit of the change it records. Never put secrets in details."""
         return o.OpLog(time.time(), operator.id, target_id, action, details[:1000], status)
-
-
-def _client_key(request: web.Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key", "").strip()
 
 
 # -- loading -------------------------------------------------------------------

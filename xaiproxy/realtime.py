@@ -84,10 +84,8 @@ class Realtime:
     # -- connect ---------------------------------------------------------------------
     async def admit(self, ctx: RequestContext) -> None:
         request, adm = ctx.request, self.admission
-        acc = ctx.account = adm.account(request, _subprotocol_key(request))
-        ctx.config = self.gw.config(acc.owner_acc.id)
-        adm.check_ip(ctx)
-        adm.check_resources(ctx)
+        adm.identify(ctx, _subprotocol_key(request))
+        acc = ctx.account
         model = request.query.get("model", "").strip()
         if not model or len(model) > 256:
             raise ApiError(400, "missing_model", "/v1/realtime needs ?model=<a realtime model>")

@@ -30,7 +30,7 @@ from . import (
     sse,
     vendors,
 )
-from .admission import Admission, client_key
+from .admission import Admission
 from .context import RequestContext
 from .errors import ApiError
 from .plugins import REQUEST_CTX
@@ -91,7 +91,9 @@ class Relay:
             self._hold(ctx.account.id)
             held = True
             await self.admission.admit(ctx)
-            query = paths.upstream_query(request.raw_path.partition("?")[2], client_key(request))
+            query = paths.upstream_query(
+                request.raw_path.partition("?")[2], credentials.client_key(request)
+            )
             if query:
                 ctx.target += "?" + query
             if self.hooks.before_upstream:
@@ -435,10 +437,7 @@ class Relay:
     async def models(self, request: web.Request) -> web.StreamResponse:
         ctx = self.new_context(request)
         try:
-            acc = ctx.account = self.admission.account(request)
-            ctx.config = self.gw.config(acc.owner_acc.id)
-            self.admission.check_ip(ctx)
-            self.admission.check_resources(ctx)
+            self.admission.identify(ctx)
             data = catalog.entries(self.gw, ctx)
             ctx.status = 200
             return web.Response(

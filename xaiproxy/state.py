@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -380,7 +379,3 @@ class State:
 def is_id(text: str) -> bool:
     """An ID in a path or filter: 1-18 ASCII digits."""
     return ID_RE.fullmatch(text) is not None
-
-
-def now() -> float:
-    return time.time()
