@@ -35,7 +35,7 @@ class Admission:
     def identify(self, ctx: RequestContext, key: str | None = None) -> None:
         """Checks 1-4: before the request holds a data-plane slot or its body is read.
         `key`: the client key when it came some other way than the headers (realtime)."""
-        acc = ctx.account = self.account(ctx.request, key)
+        acc = ctx.account = self.authenticate(ctx.request, key)
         ctx.config = self.gw.config(acc.owner_acc.id)
         self.check_ip(ctx)
         self.check_resources(ctx)
@@ -52,7 +52,7 @@ class Admission:
         ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, ctx.model)
 
     # -- 1, 2 ---------------------------------------------------------------
-    def account(self, request: web.Request, key: str | None = None) -> Account:
+    def authenticate(self, request: web.Request, key: str | None = None) -> Account:
         key = key or credentials.client_key(request)
         acc = self.gw.state.by_key.get(credentials.hash_key(key)) if key else None
         if acc is None:

@@ -19,7 +19,6 @@ class RequestContext:
     request_id: str
     started: float  # perf_counter at arrival
     path: str  # normalised and decoded: what every check sees
-    anthropic: bool = False  # protocol of the request (/v1/messages)
     account: Account | None = None
     config: OwnerConfig | None = None
     body: bytes = b""
@@ -44,15 +43,21 @@ class RequestContext:
     cost_n: int = 0  # nano base units
     ttfb: float = 0.0  # seconds to the first byte sent to the client
     error: str = ""  # error code when the request failed
-    # One (key_id, level, outcome) per upstream attempt; outcome is the HTTP status,
-    # or "connect_error" / "timeout" / "reset".
+    # One (key_id, level, outcome) per upstream attempt; outcome is the HTTP status, or
+    # "connect_error" / "timeout" / "refused" (the SSRF rule) / "bad_provider" (a stored
+    # provider URL that cannot be used).
     attempt_log: list | None = None
     protocol: Protocol | None = None  # providers.OPENAI / ANTHROPIC, by path
     client_ip: str = ""  # after trusted-proxy X-Forwarded-For, when a whitelist needed it
     prompt_estimate: int = 0  # tokens, from the body size; used when no usage arrives
-    limits: list | None = None  # limits.Limits scopes that admitted the request
+    limits: Any = None  # the ticket gw.limiter.admit gave the request (for charge, headers)
     billed: bool = False
     target: str = ""  # the normalised path and filtered query sent upstream; "" = refused
 
     plan: Any = None  # vendors.Plan of the current attempt; None when it went as it came
     objects: Any = None  # objects.Plan, on a stateful path (files, batches, ...)
+
+    @property
+    def anthropic(self) -> bool:
+        """Errors in Anthropic's shape: the request speaks its protocol (/v1/messages)."""
+        return self.protocol is not None and self.protocol.anthropic_errors

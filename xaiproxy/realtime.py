@@ -71,7 +71,7 @@ class Realtime:
             upstream = await self.connect(ctx)
         except ApiError as exc:
             self.billing.release(ctx)
-            self.relay._finish(ctx, None)
+            self.relay._request_end(ctx)
             return self.relay._error(ctx, exc)
         try:
             return await self.session(ctx, upstream)
@@ -79,7 +79,7 @@ class Realtime:
             self.billing.release(ctx)
             if not upstream.closed:
                 await upstream.close()
-            self.relay._finish(ctx, None)
+            self.relay._request_end(ctx)
 
     # -- connect ---------------------------------------------------------------------
     async def admit(self, ctx: RequestContext) -> None:

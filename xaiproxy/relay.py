@@ -72,7 +72,6 @@ class Relay:
             f"{self._prefix}{next(self._seq):x}",
             time.perf_counter(),
             path,
-            anthropic=protocol.anthropic_errors,
             attempt_log=[],
             protocol=protocol,
         )
@@ -115,7 +114,7 @@ class Relay:
             self.billing.release(ctx)
             if ctx.account is not None and ctx.account.deleted:
                 self._settle_deleted(ctx.account)
-            self._finish(ctx, None)
+            self._request_end(ctx)
 
     def _settle_deleted(self, acc) -> None:
         """Deleted mid-request: the last request out settles the rest with the parent."""
@@ -148,10 +147,9 @@ class Relay:
         if left:
             self.busy[account_id] = left
 
-    def _finish(self, ctx: RequestContext, response):
+    def _request_end(self, ctx: RequestContext) -> None:
         if self.hooks.on_request_end:
             self.hooks.on_request_end.fire(ctx)  # a raising hook is logged and skipped
-        return response
 
     def _error(self, ctx: RequestContext, exc: ApiError) -> web.Response:
         ctx.status, ctx.error = exc.status, exc.code
@@ -170,7 +168,7 @@ class Relay:
             return self._all_failed(ctx, last, ctx.account.owner_acc.id)
         if ctx.objects is not None and ctx.objects.mode == "list":
             return await ctx.objects.list_answer(resp, self._response_headers(ctx, resp))
-        return await self.relay(ctx, resp)
+        return await self.stream(ctx, resp)
 
     async def _route(self, ctx: RequestContext, budget: int):
         """(answer, None) from the first key that answers, else (None, the last error
@@ -317,7 +315,7 @@ class Relay:
         )
 
     # -- stream --------------------------------------------------------------------
-    async def relay(self, ctx: RequestContext, up) -> web.StreamResponse:
+    async def stream(self, ctx: RequestContext, up) -> web.StreamResponse:
         """Copy the upstream answer to the client as it arrives; bill it if it succeeded."""
         ctx.status = up.status
         headers = self._response_headers(ctx, up)
@@ -448,7 +446,7 @@ class Relay:
         except ApiError as exc:
             return self._error(ctx, exc)
         finally:
-            self._finish(ctx, None)
+            self._request_end(ctx)
 
 
 class _Sink:
