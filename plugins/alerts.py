@@ -27,12 +27,25 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from xaiproxy import ledger, ssrf
+from xaiproxy.api import Column, Table
 from xaiproxy.state import Account
 from xaiproxy.store import ops as o
 
 log = logging.getLogger("xaiproxy.alerts")
 SOFT, LOW = "soft_limit", "low_balance"
 DEFAULT_PORTS = {"true": 465, "starttls": 587}
+TABLE = "alerts_sent"
+# Created by the core schema before plugins had tables (kept: IF NOT EXISTS adopts it).
+SENT = Table(
+    TABLE,
+    (
+        Column("account_id", "int"),
+        Column("kind", "text"),
+        Column("period", "text"),
+        Column("sent_at", "float"),
+    ),
+    primary_key=("account_id", "kind", "period"),
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,8 +79,8 @@ class Alerts:
 
     # -- lifecycle --------------------------------------------------------
     async def start(self) -> None:
-        rows = await self.gw.store.alerts_sent()
-        for account_id, kind, period in rows:
+        for row in await self.gw.store.rows(TABLE):
+            account_id, kind, period = row["account_id"], row["kind"], row["period"]
             if kind == SOFT and period > self.soft.get(account_id, ""):
                 self.soft[account_id] = period
             elif kind == LOW:
@@ -115,7 +128,7 @@ class Alerts:
         if balance >= threshold:
             if acc.id in self.low:  # recharged: re-arm
                 self.low.discard(acc.id)
-                self.gw.store.submit([o.AlertClear(acc.id, LOW)])
+                self.gw.store.submit([o.RowDelete(TABLE, {"account_id": acc.id, "kind": LOW})])
             return
         if acc.id in self.low:
             return
@@ -187,7 +200,8 @@ class Alerts:
 
     def _record(self, mail: Mail) -> None:
         self.sent += 1
-        self.gw.store.submit([o.AlertSent(mail.account_id, mail.kind, mail.period, time.time())])
+        row = {"account_id": mail.account_id, "kind": mail.kind, "period": mail.period}
+        self.gw.store.submit([o.RowUpsert(TABLE, row | {"sent_at": time.time()})])
 
     def _give_up(self, mail: Mail) -> None:
         """Unmark, so the alert goes out once the server is back (after a cool-down)."""
@@ -241,6 +255,7 @@ def instance(gw) -> Alerts | None:
 
 
 def setup(gw) -> None:
+    gw.migrations(SENT)
     alerts = Alerts(gw)
     gw.hooks.on_usage.append(alerts.on_usage)
     gw.on_startup(alerts.start)

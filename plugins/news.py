@@ -19,7 +19,7 @@ import re
 import time
 import weakref
 
-from xaiproxy.api import ApiError
+from xaiproxy.api import ApiError, Column, Table
 from xaiproxy.ledger import DAY
 from xaiproxy.state import Account
 from xaiproxy.store import ops as o
@@ -42,7 +42,24 @@ NEWS_BODY = {
     "additionalProperties": False,
 }
 NO_BODY = {"type": "object", "properties": {}, "additionalProperties": False}
-SYSTEM = o.NewsMatch()  # what root's DELETE /x-news removes
+TABLE = "news"
+# Created by the core schema before plugins had tables (kept: IF NOT EXISTS adopts it).
+NEWS = Table(
+    TABLE,
+    (
+        Column("id", "int"),
+        Column("author_id", "int"),
+        Column("target_id", "int", null=True),  # NULL with target_dna NULL = system news
+        Column("target_dna", "text", null=True),
+        Column("title", "text"),
+        Column("content", "text"),
+        Column("created_at", "float"),
+        Column("expires_at", "float"),
+    ),
+    primary_key=("id",),
+)
+SYSTEM = {"target_id": None, "target_dna": None}  # what root's DELETE /x-news removes
+NEWEST = ("-created_at", "-id")
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -58,10 +75,11 @@ class Target:
     def label(self) -> str:
         return f"group {self.dna}" if self.dna else f"account {self.account.id}"
 
-    def match(self, author: Account) -> o.NewsMatch:
+    def match(self, author: Account) -> dict:
+        """The rows of the news `author` wrote for this target."""
         if self.dna:
-            return o.NewsMatch(author.id, target_dna=self.dna)
-        return o.NewsMatch(author.id, target_id=self.account.id)
+            return {"author_id": author.id, "target_dna": self.dna}
+        return {"author_id": author.id, "target_id": self.account.id}
 
 
 def resolve(state, caller: Account, ident: str) -> Target:
@@ -90,7 +108,8 @@ async def _check_room(call, now: float) -> None:
     call.require_api_balance()
     if len(call.body["content"].encode("utf-8", "surrogatepass")) > MAX_CONTENT:
         raise ApiError(400, "invalid_request", f"content: at most {MAX_CONTENT} bytes of UTF-8")
-    if await call.gw.store.news_live(call.caller.id, now) >= MAX_LIVE:
+    live = {"author_id": call.caller.id, "expires_at": o.Gt(now)}
+    if await call.gw.store.count_rows(TABLE, live) >= MAX_LIVE:
         raise _full()
 
 
@@ -103,7 +122,8 @@ def _full() -> ApiError:
 
 
 def _lock(gw) -> asyncio.Lock:
-    """One news write at a time per gateway: a count then a write must not interleave."""
+    """One news write at a time per gateway: a count then a write must not interleave
+    (one process owns the store, so this bounds each author's live items)."""
     return _LOCKS.setdefault(gw, asyncio.Lock())
 
 
@@ -121,20 +141,13 @@ async def _create_locked(call, target: Target | None, default_days: float):
     target_id = None if target is None or target.dna else target.account.id
     target_dna = target.dna if target else None
     label = target.label if target else "system"
+    row = {"id": news_id, "author_id": caller.id, "target_id": target_id}
+    row |= {"target_dna": target_dna, "title": body["title"], "content": body["content"]}
+    row |= {"created_at": now, "expires_at": expires}
     await gw.store.write(
         [
-            o.NewsPrune(now),
-            o.NewsPut(
-                news_id,
-                caller.id,
-                target_id,
-                target_dna,
-                body["title"],
-                body["content"],
-                now,
-                expires,
-                max_live=MAX_LIVE,  # counted again in the writer, whatever a reader saw
-            ),
+            o.RowDelete(TABLE, {"expires_at": o.Le(now)}),
+            o.RowInsert(TABLE, row),
             gw.oplog(
                 caller,
                 "create_news",
@@ -143,8 +156,6 @@ async def _create_locked(call, target: Target | None, default_days: float):
             ),
         ]
     )
-    if not await gw.store.news_exists(news_id):
-        raise _full()
     item = {"id": news_id, "title": body["title"], "content": body["content"]}
     item |= {"target": label, "created_at": iso(now), "expires_at": iso(expires)}
     return call.json({"success": True, "news": item}, status=201)
@@ -159,14 +170,14 @@ async def create_targeted(call):
     return await _create(call, target, TARGETED_DAYS)
 
 
-async def _delete(call, match: o.NewsMatch, target: Target | None):
+async def _delete(call, match: dict, target: Target | None):
     gw, caller = call.gw, call.caller
-    ids = await gw.store.news_ids(match)
+    ids = [r["id"] for r in await gw.store.rows(TABLE, match)]
     if ids:
         label = target.label if target else "system"
         await gw.store.write(
             [
-                o.NewsDelete(tuple(ids)),
+                o.RowDelete(TABLE, {"id": o.In(tuple(ids))}),
                 gw.oplog(
                     caller,
                     "delete_news",
@@ -187,10 +198,22 @@ async def delete_targeted(call):
     return await _delete(call, target.match(call.caller), target)
 
 
+async def news_for(store, acc: Account, now: float) -> list[dict]:
+    """Unexpired news for the account, or for a DNA group it is in, newest first."""
+    # A DNA group contains the reader when it is a prefix of the reader's current DNA.
+    parts = acc.dna.split(".")[1:-1]
+    groups = tuple("." + ".".join(parts[:n]) + "." for n in range(1, len(parts) + 1))
+    live = o.Gt(now)
+    rows = await store.rows(TABLE, {"target_id": acc.id, "expires_at": live}, NEWEST, LIMIT)
+    rows += await store.rows(TABLE, {"target_dna": o.In(groups), "expires_at": live}, NEWEST, LIMIT)
+    rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
+    return rows[:LIMIT]
+
+
 async def user_news(call):
     acc, store, now = call.caller, call.gw.store, time.time()
-    system = await store.news_system(now, LIMIT)
-    mine = await store.news_for(acc.id, acc.dna, now, LIMIT)
+    system = await store.rows(TABLE, SYSTEM | {"expires_at": o.Gt(now)}, NEWEST, LIMIT)
+    mine = await news_for(store, acc, now)
     return call.json(
         {
             "success": True,
@@ -200,7 +223,15 @@ async def user_news(call):
     )
 
 
+async def _seed_ids(gw) -> None:
+    """News ids continue after the highest stored one (ids are allocated in memory)."""
+    last = await gw.store.rows(TABLE, order=("-id",), limit=1)
+    gw.state.seed_id(TABLE, last[0]["id"] if last else 0)
+
+
 def setup(gw) -> None:
+    gw.migrations(NEWS)
+    gw.on_startup(lambda: _seed_ids(gw))
     tag = "news"
     gw.route(
         "POST",

@@ -20,6 +20,8 @@ from xaiproxy.context import RequestContext
 from xaiproxy.errors import StartError
 from xaiproxy.hooks import Hooks, HooksFrozen
 from xaiproxy.plugins import Option
+from xaiproxy.store import ops as o
+from xaiproxy.store.ops import AddColumn, Column, Table
 from xaiproxy.testing import start_gateway as kit_start
 
 pytest_plugins = ["tests.fakes_fixtures"]
@@ -329,27 +331,42 @@ async def test_bad_plugin_options_stop_the_start_in_one_line(make_gateway, optio
         await make_gateway(plugins=(name,), plugin_options={"other": {"x": 1}})
 
 
+NOTES = Table("notes", (Column("id", "int"), Column("text", "text")), primary_key=("id",))
+
+
 async def test_plugin_migrations_run_once_in_order(make_gateway, module_plugin, tmp_path):
-    steps = ["CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"]
+    steps: list = [NOTES]
     name = module_plugin("tests.fake_notes", lambda gw: gw.migrations(*steps))
     db = tmp_path / "m.db"
     api = await kit_start(db, plugins=(name,))
-    await api.gw.store.write([("INSERT INTO notes (text) VALUES (?)", ("kept",))])
+    await api.gw.store.write([o.RowInsert("notes", {"id": 1, "text": "kept"})])
     await api.close()
-    steps.append(["ALTER TABLE notes ADD COLUMN tag TEXT", "CREATE INDEX notes_tag ON notes(tag)"])
+    steps.append([AddColumn("notes", Column("tag", "text", null=True))])
     api = await kit_start(db, plugins=(name,))
-    rows = await api.gw.store.fetchall("SELECT text, tag FROM notes")
-    assert [tuple(r) for r in rows] == [("kept", None)]
+    rows = await api.gw.store.rows("notes")
+    assert rows == [{"id": 1, "text": "kept", "tag": None}]
     version = await api.gw.store.scalar(
         "SELECT version FROM plugin_schema WHERE plugin = 'fake_notes'"
     )
     assert version == 2
+    # Step 3 meets a column someone added by hand: the start stops, naming the step.
+    await api.gw.store.write([("ALTER TABLE notes ADD COLUMN extra TEXT", ())])
     await api.close()
-    steps.append("CREATE TABLE notes (x)")
+    steps.append(AddColumn("notes", Column("extra", "text", null=True)))
     with pytest.raises(
-        StartError, match="plugin migration 'fake_notes': step 3 failed: table notes"
+        StartError, match="plugin migration 'fake_notes': step 3 failed: duplicate column"
     ):
         await kit_start(db, plugins=(name,))
+
+
+async def test_plugin_migrations_are_data_not_sql(make_gateway, module_plugin):
+    sql = module_plugin("tests.fake_sql", lambda gw: gw.migrations("CREATE TABLE x (y)"))
+    with pytest.raises(StartError, match="'fake_sql': step 1: a step is a Table, an AddColumn"):
+        await make_gateway(plugins=(sql,))
+    bad = Table("notes", (Column("id", "blob"),))
+    typed = module_plugin("tests.fake_blob", lambda gw: gw.migrations(bad))
+    with pytest.raises(StartError, match="step 1: column id: type 'blob' is not one of"):
+        await make_gateway(plugins=(typed,))
 
 
 # -- the documented names ----------------------------------------------------------------

@@ -133,3 +133,25 @@ async def test_names_and_emails_are_unique_ignoring_case_and_ids_come_from_seque
     await conn.execute("SELECT setval(pg_get_serial_sequence('grants', 'id'), 41)")
     ids = [r[0] for r in await conn.fetch(pg.RESERVE_IDS_SQL, "grants", 3)]
     assert ids == [42, 43, 44]
+
+
+async def test_plugin_tables_render_on_postgresql_and_adopt_existing_ones(conn):
+    """news and alerts declare the tables the core schema made: rendering them is a no-op,
+    and a new declaration creates its table, index and added column."""
+    from xaiproxy_plugins import alerts, news
+
+    for table in (news.NEWS, alerts.SENT):
+        for sql in pg.plugin_ddl(table):
+            await conn.execute(sql)
+    notes = pg.Table(
+        "notes",
+        (pg.Column("id", "int"), pg.Column("extra", "json", default={"a": "it's"})),
+        primary_key=("id",),
+        indexes=(("extra",),),
+    )
+    for sql in [*pg.plugin_ddl(notes), *pg.plugin_ddl(notes)]:
+        await conn.execute(sql)
+    for sql in pg.plugin_ddl(pg.AddColumn("notes", pg.Column("flag", "bool", default=True))):
+        await conn.execute(sql)
+    await conn.execute("INSERT INTO notes (id) VALUES (1)")
+    assert tuple(await conn.fetchrow("SELECT extra, flag FROM notes")) == ('{"a":"it\'s"}', 1)

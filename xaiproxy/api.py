@@ -10,6 +10,7 @@ may move inside xaiproxy, these imports stay.
 - `Usage`, `UsageRow`, `usage` (scopes, dates): reading usage (`gw.usage`).
 - `ApiError`, `Code`: errors answered as `{"error": {"message", "type", "code"}}`;
   `StartError`: a problem that stops the start with one line.
+- `Table`, `Column`, `AddColumn`: a plugin's own tables, declared as data (`gw.migrations`).
 """
 
 from . import usage
@@ -18,10 +19,14 @@ from .errors import ApiError, Code, StartError
 from .hooks import BeforeUpstream, Hooks, HooksFrozen, OnRequestEnd, OnUsage
 from .plugins import NO_QUERY, Call, Gateway, Option, Options, RouteSpec, context_of
 from .state import Account, ProviderKey, State
+from .store.ops import AddColumn, Column, Table
 from .usage import Usage, UsageRow
 
 __all__ = [
     "Account",
+    "AddColumn",
+    "Column",
+    "Table",
     "ApiError",
     "BeforeUpstream",
     "Call",

@@ -41,7 +41,7 @@ from .hooks import Hooks
 from .ownerconf import OwnerConfig
 from .settings import Settings, SettingsError, _cast
 from .state import Account, State
-from .store import Store
+from .store import Store, tables
 from .store import ops as o
 from .usage import Usage
 
@@ -218,13 +218,20 @@ class Gateway:
         self.plugin_option_specs[section] = declared
         return opts
 
-    def migrations(self, *steps: str | Sequence[str], name: str | None = None) -> None:
-        """Declare this plugin's tables: step N (a statement, or a list applied as one unit)
-        runs once, at start, on a database whose `name` is at version N-1. Append steps;
-        never edit one that has shipped. `name` defaults to the plugin's section name."""
+    def migrations(self, *steps, name: str | None = None) -> None:
+        """Declare this plugin's tables as data: step N (an `ops.Table` or `ops.AddColumn`, or
+        a list of them applied as one unit) runs once, at start, on a database whose `name`
+        is at version N-1; a table is created only if absent. Append steps; never edit one
+        that has shipped. `name` defaults to the plugin's section name."""
         name = name or _section(self.hooks.loading)
         if name in self.plugin_migrations:
             raise StartError(f"plugin migrations {name!r} are declared twice")
+        declared = tables.Tables()
+        for number, step in enumerate(steps, start=1):
+            try:
+                declared.declare(tables.step_items(step))
+            except ValueError as exc:
+                raise StartError(f"plugin migration {name!r}: step {number}: {exc}") from None
         self.plugin_migrations[name] = list(steps)
 
     # -- services for plugins ---------------------------------------------

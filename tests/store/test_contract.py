@@ -202,11 +202,9 @@ async def test_op_logs_filter_and_page(store):
 async def test_ids_are_never_reused(store):
     await tree(store)
     store.submit_usage(usage(9, ".1.9.", time.time(), 1), [])
-    await store.write(
-        [o.OpLog(1.0, 1, 12, "add_key", "level 1"), o.NewsPut(4, 1, None, None, "t", "c", 1, 2)]
-    )
+    await store.write([o.OpLog(1.0, 1, 12, "add_key", "level 1")])
     ids = await store.max_ids()
-    assert (ids["accounts"], ids["provider_keys"], ids["news"]) == (9, 12, 4)
+    assert (ids["accounts"], ids["provider_keys"]) == (9, 12)
     assert ids["grants"] == 0
 
 
@@ -224,37 +222,89 @@ async def test_idempotency_records(store):
     assert await store.idempotency_get(2, "k1", 0.0) is None
 
 
-async def test_news(store):
-    now = time.time()
+# -- plugin tables: declared as data, generic row ops ----------------------------------
+NOTES = o.Table(
+    "notes",
+    (
+        o.Column("id", "int"),
+        o.Column("author", "int"),
+        o.Column("tag", "text", null=True),
+        o.Column("at", "float"),
+        o.Column("extra", "json", default={}),
+        o.Column("seen", "bool", default=False),
+    ),
+    primary_key=("id",),
+    indexes=(("author", "at"),),
+)
+
+
+def note(id_, author, tag, at, **more):
+    return {"id": id_, "author": author, "tag": tag, "at": at} | more
+
+
+async def test_plugin_tables_are_created_once_and_versioned(make_store):
+    store = await make_store()
+    assert await store.migrate_plugin("notes", [NOTES]) == [1]
+    await store.write([o.RowInsert("notes", note(1, 7, "a", 1.0))])
+    await store.close()
+    store = await make_store(again=store)
+    steps = [NOTES, o.AddColumn("notes", o.Column("score", "int", default=5))]
+    assert await store.migrate_plugin("notes", steps) == [2]
+    assert await store.migrate_plugin("notes", steps) == []
+    (row,) = await store.rows("notes")
+    assert row == note(1, 7, "a", 1.0, extra={}, seen=False, score=5)
+    with pytest.raises(ValueError, match="at version 2, the plugin knows 1"):
+        await store.migrate_plugin("notes", [NOTES])
+
+
+async def test_a_plugin_table_that_exists_is_adopted(store):
+    """A first step may declare a table an older schema made (CREATE IF NOT EXISTS)."""
+    assert await store.migrate_plugin("a", [NOTES]) == [1]
+    await store.write([o.RowInsert("notes", note(1, 7, None, 1.0))])
+    assert await store.migrate_plugin("b", [NOTES]) == [1]
+    assert await store.count_rows("notes") == 1
+
+
+async def test_plugin_table_rows(store):
+    await store.migrate_plugin("notes", [NOTES])
     await store.write(
         [
-            o.NewsPut(1, 1, None, None, "system", "all", now, now + 60),
-            o.NewsPut(2, 1, None, ".1.2.", "group", "2 and below", now + 1, now + 60),
-            o.NewsPut(3, 2, 3, None, "direct", "for 3", now + 2, now + 60),
-            o.NewsPut(4, 1, None, None, "old", "gone", now - 9, now - 1),
+            o.RowInsert("notes", note(1, 7, None, 1.0, extra={"k": [1]}, seen=True)),
+            o.RowInsert("notes", note(2, 7, "x", 2.0)),
+            o.RowInsert("notes", note(3, 8, "y", 3.0)),
+            o.RowInsert("notes", note(4, 7, "x", 4.0)),
         ]
     )
-    assert [n["title"] for n in await store.news_system(now, 10)] == ["system"]
-    mine = await store.news_for(3, ".1.2.3.", now, 10)
-    assert [n["title"] for n in mine] == ["direct", "group"]
-    assert set(mine[0]) == {"id", "title", "content", "created_at", "expires_at"}
-    assert [n["id"] for n in await store.news_for(5, ".1.5.", now, 10)] == []
-    assert sorted(await store.news_ids(o.NewsMatch())) == [1, 4]
-    assert await store.news_ids(o.NewsMatch(1, target_dna=".1.2.")) == [2]
-    assert await store.news_ids(o.NewsMatch(2, target_id=3)) == [3]
-    assert await store.news_ids(o.NewsMatch(1, target_id=3)) == []
-    await store.write([o.NewsPrune(now), o.NewsDelete((2, 3))])
-    assert sorted(await store.news_ids(o.NewsMatch())) == [1]
+    ids = [r["id"] for r in await store.rows("notes", {"author": 7}, ("-at",))]
+    assert ids == [4, 2, 1]
+    (first,) = await store.rows("notes", {"tag": None})
+    assert first["extra"] == {"k": [1]} and first["seen"] is True
+    assert [r["id"] for r in await store.rows("notes", {"tag": o.In(("x", "y"))}, ("id",), 2)] == [
+        2,
+        3,
+    ]
+    assert await store.count_rows("notes", {"author": 7, "at": o.Gt(1.0)}) == 2
+    await store.write(
+        [o.RowUpsert("notes", note(2, 9, "z", 2.5)), o.RowDelete("notes", {"at": o.Le(1.0)})]
+    )
+    assert [(r["id"], r["author"]) for r in await store.rows("notes", order=("id",))] == [
+        (2, 9),
+        (3, 8),
+        (4, 7),
+    ]
+    await store.write([o.RowDelete("notes", {"id": o.In((3, 4))})])
+    assert await store.count_rows("notes") == 1
 
 
-async def test_alerts_sent(store):
-    await store.write(
-        [o.AlertSent(2, "soft_limit", "2025-01", 1.0), o.AlertSent(2, "low_balance", "d", 1.0)]
-    )
-    await store.write(
-        [o.AlertSent(2, "soft_limit", "2025-01", 2.0), o.AlertClear(2, "low_balance")]
-    )
-    assert await store.alerts_sent() == [(2, "soft_limit", "2025-01")]
+async def test_plugin_table_ops_name_only_declared_things(store):
+    await store.migrate_plugin("notes", [NOTES])
+    with pytest.raises(ValueError, match="'other' is not a declared plugin table"):
+        store.submit([o.RowInsert("other", {"id": 1})])
+    with pytest.raises(ValueError, match="no column 'id; DROP'"):
+        store.submit([o.RowDelete("notes", {"id; DROP": 1})])
+    with pytest.raises(ValueError, match="no column"):
+        await store.rows("notes", order=("-nope",))
+    assert await store.count_rows("notes") == 0
 
 
 async def test_an_unknown_op_is_refused(store):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from .ops import NewsMatch, Scope, UsageRecord
+from .ops import Scope, UsageRecord
 
 
 class Store(Protocol):
@@ -62,17 +62,22 @@ class Store(Protocol):
         (any of "day", "model", "account_id"), ordered by it; days [first, last], None = open."""
 
     async def migrate_plugin(self, name: str, steps: list) -> list[int]:
-        """Apply a plugin's migration steps past its recorded version; the versions applied."""
+        """Declare a plugin's tables (steps of `ops.Table` / `ops.AddColumn`) and apply the
+        steps past its recorded version, each one unit, creating tables only if absent;
+        returns the versions applied."""
 
     async def op_logs(
         self, account_id: int, actions: tuple[str, ...], filters: dict, limit: int, offset: int
     ) -> tuple[int, list[dict]]: ...
     async def idempotency_get(self, account_id: int, key: str, since: float) -> dict | None: ...
-    async def news_ids(self, match: NewsMatch) -> list[int]: ...
     async def meta_get(self, key: str) -> str | None: ...
     async def load_objects(self) -> list[tuple]: ...
-    async def news_live(self, author_id: int, now: float) -> int: ...
-    async def news_exists(self, news_id: int) -> bool: ...
-    async def news_system(self, now: float, limit: int) -> list[dict]: ...
-    async def news_for(self, account_id: int, dna: str, now: float, limit: int) -> list[dict]: ...
-    async def alerts_sent(self) -> list[tuple[int, str, str]]: ...
+
+    # -- plugin tables (declared by migrate_plugin; written with ops.Row*) --------
+    async def rows(
+        self, table: str, where: dict | None = None, order: tuple = (), limit: int | None = None
+    ) -> list[dict]:
+        """Matching rows as dicts; `where` maps a column to a value (None: NULL) or to
+        `ops.Gt` / `ops.Le` / `ops.In`; `order` names columns, `-col` descending."""
+
+    async def count_rows(self, table: str, where: dict | None = None) -> int: ...

@@ -182,42 +182,80 @@ class ObjectPut:
     created_at: float
 
 
-# -- news and alerts (tables of the built-in plugins) --------------------------
-@dataclass(frozen=True, slots=True)
-class NewsPut:
-    id: int
-    author_id: int
-    target_id: int | None  # None with target_dna None = system news
-    target_dna: str | None
-    title: str
-    content: str
-    created_at: float
-    expires_at: float
-    max_live: int = 0  # > 0: written only while the author has fewer unexpired items
+# -- plugin tables: declared as data, written and read through generic ops -----
+TYPES = ("int", "float", "text", "bool", "json")  # the portable column types
 
 
 @dataclass(frozen=True, slots=True)
-class NewsDelete:
-    ids: tuple[int, ...]
+class Column:
+    """One column of a plugin table: `type` is one of TYPES; `null` allows NULL."""
+
+    name: str
+    type: str
+    null: bool = False
+    default: int | float | str | bool | None = None  # None: no default
 
 
 @dataclass(frozen=True, slots=True)
-class NewsPrune:
-    before: float
+class Table:
+    """A plugin table as data; the backend renders its DDL (create-if-absent)."""
+
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, ...], ...] = ()  # each: the columns of one index
 
 
 @dataclass(frozen=True, slots=True)
-class AlertSent:
-    account_id: int
-    kind: str
-    period: str
-    sent_at: float
+class AddColumn:
+    """A later migration step: a new nullable (or defaulted) column of a plugin table."""
+
+    table: str
+    column: Column
 
 
 @dataclass(frozen=True, slots=True)
-class AlertClear:
-    account_id: int
-    kind: str
+class Gt:
+    """A filter value: the column is greater than `value`."""
+
+    value: int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class Le:
+    """A filter value: the column is at most `value`."""
+
+    value: int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class In:
+    """A filter value: the column is one of `values`."""
+
+    values: tuple
+
+
+# `where` maps a column to a value (equal; None: IS NULL) or to Gt / Le / In; all must hold.
+
+
+@dataclass(frozen=True, slots=True)
+class RowInsert:
+    table: str
+    row: dict
+
+
+@dataclass(frozen=True, slots=True)
+class RowUpsert:
+    """Insert, or replace the other columns of the row with the same primary key."""
+
+    table: str
+    row: dict
+
+
+@dataclass(frozen=True, slots=True)
+class RowDelete:
+    table: str
+    where: dict
 
 
 # -- what reads take ------------------------------------------------------------
@@ -230,12 +268,3 @@ class Scope:
 
 
 ALL = Scope()
-
-
-@dataclass(frozen=True, slots=True)
-class NewsMatch:
-    """Which news a delete removes: system news, or one author's for a target."""
-
-    author_id: int | None = None  # None = system news
-    target_id: int | None = None
-    target_dna: str | None = None

@@ -18,7 +18,8 @@ fails while a SQLite column has no PostgreSQL twin.
 
 from __future__ import annotations
 
-from .ops import UsageRecord
+from . import tables
+from .ops import AddColumn, Column, Table, UsageRecord
 
 USAGE_COLUMNS = UsageRecord._fields
 
@@ -323,3 +324,38 @@ async def migrate(conn) -> int:
 def usage_args(rows: list) -> list[list]:
     """USAGE_INSERT_SQL's arguments: usage rows (tuples in USAGE_COLUMNS order) as columns."""
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[]] * len(USAGE_COLUMNS)
+
+
+# -- plugin tables (ops.Table / ops.AddColumn), rendered like the SQLite store's ---------
+PG_TYPES = {
+    "int": "BIGINT",
+    "float": "DOUBLE PRECISION",
+    "text": "TEXT",
+    "bool": "INTEGER",  # as the core's flags: rows read the same on both backends
+    "json": "TEXT",  # JSON text, encoded and decoded by store/tables.py
+}
+
+
+def _column_sql(col: Column) -> str:
+    sql = f"{col.name} {PG_TYPES[col.type]}"
+    if not col.null:
+        sql += " NOT NULL"
+    if col.default is not None:
+        value = tables.encode(col, col.default)
+        literal = "'" + value.replace("'", "''") + "'" if isinstance(value, str) else repr(value)
+        sql += f" DEFAULT {literal}"
+    return sql
+
+
+def plugin_ddl(item: Table | AddColumn) -> list[str]:
+    """A plugin declaration's statements: create-if-absent, so adopting a table is a no-op."""
+    if isinstance(item, AddColumn):
+        return [f"ALTER TABLE {item.table} ADD COLUMN {_column_sql(item.column)}"]
+    parts = [_column_sql(c) for c in item.columns]
+    if item.primary_key:
+        parts.append(f"PRIMARY KEY ({', '.join(item.primary_key)})")
+    out = [f"CREATE TABLE IF NOT EXISTS {item.name} ({', '.join(parts)})"]
+    for cols in item.indexes:
+        name = "_".join((item.name, *cols))
+        out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {item.name} ({', '.join(cols)})")
+    return out

@@ -20,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiosqlite
+import orjson
 
 from . import ops as o
+from . import tables
 from .sqlite_schema import MIGRATIONS
 
 log = logging.getLogger("xaiproxy.store")
@@ -79,6 +81,7 @@ class SQLiteStore:
         self.last_flush_seconds = 0.0
         self.flushes = 0
         self.write_errors = 0
+        self.tables = tables.Tables()  # plugin tables, as their migrations declare them
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
@@ -126,7 +129,7 @@ class SQLiteStore:
             if type(op) is o.GrantDelta:
                 deltas[op.grant_id] = deltas.get(op.grant_id, 0) + op.take_n
             else:
-                self._queue.append((render(op), None))
+                self._queue.append((self.render(op), None))
         self._wake.set()
 
     def submit(self, ops: list, wait: bool = False) -> asyncio.Future | None:
@@ -134,13 +137,18 @@ class SQLiteStore:
         if self._closing and self._task is None:
             raise RuntimeError("store is closed")
         # Rendered now, so an op this backend cannot write fails its caller, not a batch.
-        statements = [st for op in ops for st in render(op)]
+        statements = [st for op in ops for st in self.render(op)]
         fut = asyncio.get_running_loop().create_future() if wait else None
         self._queue.append((statements, fut))
         self._wake.set()
         if wait:
             self._urgent.set()
         return fut
+
+    def render(self, op) -> list[Statement]:
+        """One op's statements; plugin-table ops are checked against their declaration."""
+        fn = ROW_RENDER.get(type(op))
+        return render(op) if fn is None else fn(self.tables, op)
 
     async def write(self, ops: list) -> None:
         """Queue a unit and wait until it is committed (management calls)."""
@@ -373,15 +381,22 @@ class SQLiteStore:
         return await self._tuples(sql, params)
 
     async def migrate_plugin(self, name: str, steps: list) -> list[int]:
-        """Each step (a statement or a list of them) runs once, as one unit with its version."""
+        """Declare a plugin's tables; each step past its recorded version runs once, as one
+        unit with its version. A table is created only if absent, so a step can adopt a
+        table an older schema made."""
+        items = [tables.step_items(step) for step in steps]
+        declared = tables.Tables()
+        for step in items:
+            declared.declare(step)
+        self.tables.known |= declared.known
         await self.write([(PLUGIN_SCHEMA_SQL, ())])
         have = await self.scalar("SELECT version FROM plugin_schema WHERE plugin = ?", (name,))
         have = have or 0
         if have > len(steps):
             raise ValueError(f"the database is at version {have}, the plugin knows {len(steps)}")
         done = []
-        for number, step in enumerate(steps[have:], start=have + 1):
-            unit = [(sql, ()) for sql in ([step] if isinstance(step, str) else step)]
+        for number, step in enumerate(items[have:], start=have + 1):
+            unit = [(sql, ()) for item in step for sql in ddl(item)]
             unit.append(
                 (
                     "INSERT OR REPLACE INTO plugin_schema (plugin, version) VALUES (?, ?)",
@@ -425,15 +440,6 @@ class SQLiteStore:
         )
         return None if row is None else dict(row) | {"response": bytes(row["response"])}
 
-    async def news_ids(self, match: o.NewsMatch) -> list[int]:
-        if match.author_id is None:
-            where, params = "target_id IS NULL AND target_dna IS NULL", ()
-        elif match.target_dna is not None:
-            where, params = "author_id = ? AND target_dna = ?", (match.author_id, match.target_dna)
-        else:
-            where, params = "author_id = ? AND target_id = ?", (match.author_id, match.target_id)
-        return [r[0] for r in await self._tuples(f"SELECT id FROM news WHERE {where}", params)]
-
     async def meta_get(self, key: str) -> str | None:
         return await self.scalar("SELECT value FROM meta WHERE key = ?", (key,))
 
@@ -441,36 +447,25 @@ class SQLiteStore:
         """(owner_id, object_id, account_id, dna) of every recorded provider object."""
         return await self._tuples("SELECT owner_id, object_id, account_id, dna FROM objects")
 
-    async def news_live(self, author_id: int, now: float) -> int:
-        """How many unexpired news items the author has."""
-        return await self.scalar(
-            "SELECT COUNT(*) FROM news WHERE author_id = ? AND expires_at > ?", (author_id, now)
-        )
+    async def rows(
+        self, table: str, where: dict | None = None, order: tuple = (), limit: int | None = None
+    ) -> list[dict]:
+        """Rows of a plugin table matching `where`, ordered (`-col`: descending), at most `limit`."""
+        cols = self.tables.columns(table, [c.lstrip("-") for c in order])
+        cond, params = _where(self.tables, table, where or {})
+        sql = f"SELECT {', '.join(cols)} FROM {table} WHERE {cond}"
+        if order:
+            sql += " ORDER BY " + ", ".join(
+                f"{c[1:]} DESC" if c.startswith("-") else c for c in order
+            )
+        if limit is not None:
+            sql, params = f"{sql} LIMIT ?", (*params, int(limit))
+        return [self.tables.decode(table, r) for r in await self._dicts(sql, params)]
 
-    async def news_exists(self, news_id: int) -> bool:
-        return await self.scalar("SELECT 1 FROM news WHERE id = ?", (news_id,)) is not None
-
-    async def news_system(self, now: float, limit: int) -> list[dict]:
-        """Unexpired system news, newest first."""
-        return await self._dicts(
-            f"SELECT {NEWS_COLUMNS} FROM news WHERE target_id IS NULL AND target_dna IS NULL"
-            " AND expires_at > ? ORDER BY created_at DESC, id DESC LIMIT ?",
-            (now, limit),
-        )
-
-    async def news_for(self, account_id: int, dna: str, now: float, limit: int) -> list[dict]:
-        """Unexpired news for the account, or for a DNA group it is in, newest first."""
-        # A DNA group contains the reader when it is a prefix of the reader's current DNA.
-        return await self._dicts(
-            f"SELECT {NEWS_COLUMNS} FROM news WHERE expires_at > ? AND (target_id = ?"
-            " OR (target_dna IS NOT NULL AND substr(?, 1, length(target_dna)) = target_dna))"
-            " ORDER BY created_at DESC, id DESC LIMIT ?",
-            (now, account_id, dna, limit),
-        )
-
-    async def alerts_sent(self) -> list[tuple[int, str, str]]:
-        """(account_id, kind, period) of every alert on record."""
-        return await self._tuples("SELECT account_id, kind, period FROM alerts_sent")
+    async def count_rows(self, table: str, where: dict | None = None) -> int:
+        """How many rows of a plugin table match `where`."""
+        cond, params = _where(self.tables, table, where or {})
+        return await self.scalar(f"SELECT COUNT(*) FROM {table} WHERE {cond}", params)
 
 
 ID_SOURCES = {
@@ -485,7 +480,6 @@ ID_SOURCES = {
         "SELECT MAX(id) FROM provider_keys",
         "SELECT MAX(target_id) FROM op_logs WHERE action = 'add_key'",
     ),
-    "news": ("SELECT MAX(id) FROM news",),
 }
 AUDIT_SQL = {
     "minted_n": "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE from_id = 1",
@@ -494,7 +488,6 @@ AUDIT_SQL = {
     "spent_n": "SELECT COALESCE(SUM(cost_n), 0) FROM usage WHERE account_id != 1",
     "fees_n": "SELECT COALESCE(SUM(fee_n), 0) FROM transfers",
 }
-NEWS_COLUMNS = "id, title, content, created_at, expires_at"
 
 
 USAGE_GROUPS = {"day": "day", "model": "model", "account_id": "account_id"}
@@ -582,17 +575,6 @@ def _key_set(op: o.KeySet) -> Statement:
     return f"UPDATE provider_keys SET {sets} WHERE id = ?", (*op.fields.values(), op.id)
 
 
-def _news_put(op: o.NewsPut) -> Statement:
-    row = {k: v for k, v in _fields(op).items() if k != "max_live"}
-    if not op.max_live:
-        return _insert("news", row)
-    return (
-        f"INSERT INTO news ({', '.join(row)}) SELECT {', '.join('?' * len(row))}"
-        " WHERE (SELECT COUNT(*) FROM news WHERE author_id = ? AND expires_at > ?) < ?",
-        (*row.values(), op.author_id, op.created_at, op.max_live),
-    )
-
-
 def _config_set(op: o.ConfigSet) -> list[Statement]:
     out: list[Statement] = [("DELETE FROM owner_config WHERE owner_id = ?", (op.owner_id,))]
     out += [
@@ -633,15 +615,6 @@ RENDER = {
     o.IdempotencyPrune: lambda op: [
         ("DELETE FROM idempotency WHERE created_at <= ?", (op.before,))
     ],
-    o.NewsPut: lambda op: [_news_put(op)],
-    o.NewsDelete: lambda op: [
-        ("DELETE FROM news WHERE id IN (SELECT value FROM json_each(?))", (str(list(op.ids)),))
-    ],
-    o.NewsPrune: lambda op: [("DELETE FROM news WHERE expires_at <= ?", (op.before,))],
-    o.AlertSent: lambda op: [_insert("alerts_sent", _fields(op), "INSERT OR REPLACE")],
-    o.AlertClear: lambda op: [
-        ("DELETE FROM alerts_sent WHERE account_id = ? AND kind = ?", (op.account_id, op.kind))
-    ],
     o.UsageRecord: lambda op: [(USAGE_SQL, op)],
 }
 
@@ -654,3 +627,81 @@ def render(op) -> list[Statement]:
     if isinstance(op, tuple) and len(op) == 2 and isinstance(op[0], str):
         return [op]
     raise TypeError(f"the SQLite store cannot render {type(op).__name__}")
+
+
+# -- plugin tables: declarations and generic row ops --------------------------------
+SQL_TYPES = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "bool": "INTEGER", "json": "TEXT"}
+
+
+def _literal(col: o.Column) -> str:
+    """A column default as SQL text (DDL takes no parameters)."""
+    value = tables.encode(col, col.default)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def _column_sql(col: o.Column) -> str:
+    sql = f"{col.name} {SQL_TYPES[col.type]}"
+    if not col.null:
+        sql += " NOT NULL"
+    if col.default is not None:
+        sql += f" DEFAULT {_literal(col)}"
+    return sql
+
+
+def ddl(item: o.Table | o.AddColumn) -> list[str]:
+    """A declaration's statements: create-if-absent for tables and their indexes."""
+    if isinstance(item, o.AddColumn):
+        return [f"ALTER TABLE {item.table} ADD COLUMN {_column_sql(item.column)}"]
+    parts = [_column_sql(c) for c in item.columns]
+    if item.primary_key:
+        parts.append(f"PRIMARY KEY ({', '.join(item.primary_key)})")
+    out = [f"CREATE TABLE IF NOT EXISTS {item.name} ({', '.join(parts)})"]
+    for cols in item.indexes:
+        name = "_".join((item.name, *cols))
+        out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {item.name} ({', '.join(cols)})")
+    return out
+
+
+def _where(known: tables.Tables, table: str, where: dict) -> tuple[str, tuple]:
+    cols = known.columns(table, where)
+    conds, params = [], []
+    for name, value in where.items():
+        if value is None:
+            conds.append(f"{name} IS NULL")
+        elif isinstance(value, o.In):
+            # One JSON parameter however many values (no 999-variable limit).
+            conds.append(f"{name} IN (SELECT value FROM json_each(?))")
+            values = [tables.encode(cols[name], v) for v in value.values]
+            params.append(orjson.dumps(values).decode())
+        elif isinstance(value, o.Gt | o.Le):
+            conds.append(f"{name} {'>' if isinstance(value, o.Gt) else '<='} ?")
+            params.append(tables.encode(cols[name], value.value))
+        else:
+            conds.append(f"{name} = ?")
+            params.append(tables.encode(cols[name], value))
+    return " AND ".join(conds) or "1", tuple(params)
+
+
+def _row_insert(known: tables.Tables, op: o.RowInsert) -> list[Statement]:
+    return [_insert(op.table, known.encode(op.table, op.row))]
+
+
+def _row_upsert(known: tables.Tables, op: o.RowUpsert) -> list[Statement]:
+    table = known.table(op.table)
+    if not table.primary_key:
+        raise ValueError(f"table {op.table} has no primary key to upsert on")
+    sql, params = _insert(op.table, known.encode(op.table, op.row))
+    rest = [c for c in op.row if c not in table.primary_key]
+    sets = ", ".join(f"{c} = excluded.{c}" for c in rest)
+    action = f"UPDATE SET {sets}" if rest else "NOTHING"
+    return [(f"{sql} ON CONFLICT ({', '.join(table.primary_key)}) DO {action}", params)]
+
+
+def _row_delete(known: tables.Tables, op: o.RowDelete) -> list[Statement]:
+    cond, params = _where(known, op.table, op.where)
+    return [(f"DELETE FROM {op.table} WHERE {cond}", params)]
+
+
+ROW_RENDER = {o.RowInsert: _row_insert, o.RowUpsert: _row_upsert, o.RowDelete: _row_delete}
