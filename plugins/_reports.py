@@ -187,8 +187,3 @@ async def totals(reader: usage.Usage, account_id: int, since: float, rates: floa
 def day_start(now: float | None = None) -> float:
     now = time.time() if now is None else now
     return now - now % DAY
-
-
-def month_start(now: float | None = None) -> float:
-    dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return _midnight(dt.date().replace(day=1))

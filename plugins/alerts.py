@@ -21,13 +21,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import aiosmtplib
 
 from xaiproxy import ledger, ssrf
-from xaiproxy.api import Column, Table
+from xaiproxy.api import Column, Table, months
 from xaiproxy.state import Account
 from xaiproxy.store import ops as o
 
@@ -75,7 +74,7 @@ class Alerts:
         self.queue: asyncio.Queue[Mail] = asyncio.Queue(queue_size)
         self.task: asyncio.Task | None = None
         self.sent = 0
-        self._month, self._month_end = "", 0.0
+        self.month = months.current  # "YYYY-MM" now; a test may move it to another month
 
     # -- lifecycle --------------------------------------------------------
     async def start(self) -> None:
@@ -140,15 +139,6 @@ class Alerts:
         )
         if self._queue(acc, LOW, time.strftime("%Y-%m-%d", time.gmtime()), subject, text):
             self.low.add(acc.id)
-
-    def month(self) -> str:
-        """The current UTC month, recomputed only when a month ends."""
-        now = time.time()
-        if now >= self._month_end:
-            dt = datetime.fromtimestamp(now, UTC)
-            nxt = datetime(dt.year + dt.month // 12, dt.month % 12 + 1, 1, tzinfo=UTC)
-            self._month, self._month_end = dt.strftime("%Y-%m"), nxt.timestamp()
-        return self._month
 
     def _queue(self, acc: Account, kind: str, period: str, subject: str, text: str) -> bool:
         owner = acc.owner_acc

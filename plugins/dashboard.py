@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from xaiproxy.api import ApiError
+from xaiproxy.api import ApiError, months
 
 from . import _reports as reports
 from . import _userfields as uf
@@ -83,7 +83,7 @@ async def user_info(call):
     view = uf.view(acc)
     usage = {
         "today": await reports.totals(reader, acc.id, reports.day_start(), acc.rates),
-        "month": await reports.totals(reader, acc.id, reports.month_start(), acc.rates),
+        "month": await reports.totals(reader, acc.id, months.start()[1], acc.rates),
     }
     return call.json(
         {

@@ -117,7 +117,7 @@ async def test_soft_limit_mails_once_per_month(api, smtp):
     row = await api.gw.store.fetchone("SELECT * FROM alerts_sent WHERE account_id = ?", (uid,))
     assert (row["kind"], row["period"]) == ("soft_limit", inst.month())
     # a new month: one more, and only one
-    inst._month, inst._month_end = "2999-01", float("inf")
+    inst.month = lambda: "2999-01"
     acc.month = "2999-01"
     fire(api, acc)
     fire(api, acc)
