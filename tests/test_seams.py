@@ -90,3 +90,21 @@ def test_the_import_check_is_not_blind(tmp_path):
         "xaiproxy.relay",
         "xaiproxy.store.sqlite",
     ]
+
+
+# JSON answers the gateway builds are made in one place; xaiproxy/testing is a fake upstream.
+HAND_JSON_RE = re.compile(r"json_response\(|content_type=\"application/json\"")
+
+
+def test_one_json_answer_helper():
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sources("xaiproxy", "plugins")
+        if not path.relative_to(ROOT)
+        .as_posix()
+        .startswith(("xaiproxy/responses.py", "xaiproxy/testing/"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if HAND_JSON_RE.search(line)
+    ]
+    assert not found, "JSON answers built by hand (use xaiproxy.responses):\n" + "\n".join(found)
+    assert HAND_JSON_RE.search('web.Response(body=b, content_type="application/json")')

@@ -8,13 +8,14 @@ may move inside xaiproxy, these imports stay.
 - `RequestContext`: what hooks receive. `Account`, `ProviderKey`, `State`: the
   in-memory views (`gw.state`); read them, change them only through core operations.
 - `Usage`, `UsageRow`, `usage` (scopes, dates): reading usage (`gw.usage`).
+- `responses`: `responses.json(data, status, headers)`, the JSON answer `call.json` gives.
 - `months`: the calendar month (UTC), `months.current()` and `months.start(now)`.
 - `ApiError`, `Code`: errors answered as `{"error": {"message", "type", "code"}}`;
   `StartError`: a problem that stops the start with one line.
 - `Table`, `Column`, `AddColumn`: a plugin's own tables, declared as data (`gw.migrations`).
 """
 
-from . import months, usage
+from . import months, responses, usage
 from .context import RequestContext
 from .errors import ApiError, Code, StartError
 from .hooks import BeforeUpstream, Hooks, HooksFrozen, OnRequestEnd, OnUsage
@@ -49,5 +50,6 @@ __all__ = [
     "UsageRow",
     "context_of",
     "months",
+    "responses",
     "usage",
 ]

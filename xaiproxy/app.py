@@ -9,7 +9,19 @@ from collections.abc import Callable, Sequence
 import aiohttp
 from aiohttp import web
 
-from . import accesslog, boot, console, errors, metrics, openapi, plugins, pricing, relay, ssrf
+from . import (
+    accesslog,
+    boot,
+    console,
+    errors,
+    metrics,
+    openapi,
+    plugins,
+    pricing,
+    relay,
+    responses,
+    ssrf,
+)
 from . import store as stores
 from .errors import ApiError
 from .plugins import Gateway
@@ -52,13 +64,13 @@ async def error_middleware(request: web.Request, handler):
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return responses.json({"status": "ok"})
 
 
 async def _readyz(request: web.Request) -> web.Response:
     if request.app[GATEWAY].draining:
         return errors.response(503, "draining", "the gateway is shutting down")
-    return web.json_response({"status": "ready"})
+    return responses.json({"status": "ready"})
 
 
 # One cleanup context per resource: aiohttp cleans up only those whose startup finished,

@@ -7,6 +7,8 @@ from enum import StrEnum
 import orjson
 from aiohttp import web
 
+from . import responses
+
 # HTTP status -> error family (`type`).
 TYPES = {
     400: "invalid_request_error",
@@ -79,12 +81,7 @@ def response(
     headers: dict[str, str] | None = None,
     anthropic: bool = False,
 ) -> web.Response:
-    return web.Response(
-        status=status,
-        body=body(status, code, message, anthropic),
-        content_type="application/json",
-        headers=headers,
-    )
+    return responses.encoded(body(status, code, message, anthropic), status, headers)
 
 
 def from_exc(exc: ApiError, anthropic: bool = False) -> web.Response:

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import responses
 from .errors import ApiError
 from .store import ops as o
 
@@ -75,7 +76,7 @@ class Guard:
         key = request.headers.get(HEADER)
         if key is None:
             answer, ops, status = await self._apply(work, lambda _answer, _status: [])
-            return _json(answer, status)
+            return responses.json(answer, status)
         if not _KEY_RE.fullmatch(key):
             raise ApiError(
                 400,
@@ -105,11 +106,8 @@ class Guard:
                     "idempotency_conflict",
                     f"this {HEADER} was already used for a different request; use a new key",
                 )
-            return web.Response(
-                status=row["status"],
-                body=row["response"],
-                content_type="application/json",
-                headers={"Idempotent-Replayed": "true"},
+            return responses.encoded(
+                row["response"], row["status"], {"Idempotent-Replayed": "true"}
             )
 
         def record(answer, status: int) -> list:
@@ -117,7 +115,7 @@ class Guard:
             return [o.IdempotencyPut(*slot, print_, status, stored, time.time())]
 
         answer, _ops, status = await self._apply(work, record)
-        return _json(answer, status)
+        return responses.json(answer, status)
 
     async def _apply(self, work: Work, extra: Callable[[Any, int], list]):
         """Run work() and store its unit; if the unit is not stored, memory is taken back."""
@@ -141,14 +139,6 @@ class Guard:
 
 def _prune_op() -> o.IdempotencyPrune:
     return o.IdempotencyPrune(time.time() - TTL)
-
-
-def _json(answer: Any, status: int) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS),
-        content_type="application/json",
-    )
 
 
 def guard(gw) -> Guard:

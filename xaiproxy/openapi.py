@@ -14,7 +14,7 @@ import re
 import orjson
 from aiohttp import web
 
-from . import __version__
+from . import __version__, responses
 
 _PARAM_RE = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")  # aiohttp's {name} and {name:regex}
 
@@ -195,7 +195,7 @@ def setup(app: web.Application, gw) -> None:
         document[:] = [orjson.dumps(build(gw))]
 
     async def serve(request: web.Request) -> web.Response:
-        return web.Response(body=document[0], content_type="application/json")
+        return responses.encoded(document[0])
 
     app.on_startup.append(freeze)
     app.router.add_get("/openapi.json", serve)

@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from . import admission, billing, changes, credentials, ledger, limits, objects
+from . import admission, billing, changes, credentials, ledger, limits, objects, responses
 from .context import RequestContext
 from .errors import ApiError, StartError
 from .hooks import Hooks
@@ -131,14 +131,7 @@ class Call:
     def param(self, name: str) -> str:
         return self.request.match_info.get(name, "")
 
-    @staticmethod
-    def json(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
-        return web.Response(
-            status=status,
-            body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
-            content_type="application/json",
-            headers=headers,
-        )
+    json = staticmethod(responses.json)  # the one JSON answer (xaiproxy/responses.py)
 
     def require_api_balance(self) -> None:
         """Management changes need the caller's balance >= the owner's USER_API_BALANCE."""

@@ -16,7 +16,6 @@ import itertools
 import secrets
 import time
 
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -27,6 +26,7 @@ from . import (
     paths,
     providers,
     realtime,
+    responses,
     sse,
     vendors,
 )
@@ -438,11 +438,8 @@ class Relay:
             self.admission.identify(ctx)
             data = catalog.entries(self.gw, ctx)
             ctx.status = 200
-            return web.Response(
-                body=orjson.dumps({"object": "list", "data": data}),
-                content_type="application/json",
-                headers={"x-request-id": ctx.request_id},
-            )
+            body = {"object": "list", "data": data}
+            return responses.json(body, headers={"x-request-id": ctx.request_id})
         except ApiError as exc:
             return self._error(ctx, exc)
         finally:
