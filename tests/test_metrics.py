@@ -100,6 +100,23 @@ async def test_failures_fallbacks_and_key_sleeps(make_gateway, upstream):  # noq
     assert sleeping == 1 and second in api.gw.state.keys
 
 
+async def test_probe_outcomes_and_the_sleep_they_cause(make_gateway, upstream):  # noqa: F811
+    api = await ready(make_gateway, upstream, key_probe_interval=60)
+    (key,) = api.gw.state.keys.values()
+    before = await scrape(api)
+    upstream.revoked = True  # 401 to the request, then to the probe
+    assert (await api.post(CHAT, chat())).status == 401
+    for _ in range(200):
+        if key.sleep_reason == "auth_failed":
+            break
+        await asyncio.sleep(0.02)
+    after = await scrape(api)
+    assert moved(before, after, "xaiproxy_key_probes_total", outcome="refused") == 1
+    assert moved(before, after, "xaiproxy_key_probes_total") == 1
+    assert moved(before, after, "xaiproxy_key_sleeps_total", reason="auth_failed") == 1
+    assert moved(before, after, "xaiproxy_key_sleeps_total", reason="rate_limited") == 0
+
+
 async def test_store_and_stream_gauges_are_read_at_scrape_time(api):
     samples = await scrape(api)
     assert total(samples, "xaiproxy_streams_open") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import aiohttp
 import pytest
@@ -175,3 +176,17 @@ async def test_upstream_closed_when_the_client_goes(make_gateway, make_vendor):
             break
         await asyncio.sleep(0.02)
     assert fake.closed == 1
+
+
+async def test_a_429_handshake_rests_the_key_by_the_retry_policy(make_gateway, make_vendor):
+    api, fake, _, key = await served(make_gateway, make_vendor)
+    fake.busy = 1
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        async with aiohttp.ClientSession() as s:
+            await s.ws_connect(
+                f"{api.url}/v1/realtime?model={MODEL}", headers={"Authorization": f"Bearer {key}"}
+            )
+    assert exc.value.status == 502
+    (pkey,) = api.gw.state.keys.values()
+    assert pkey.sleep_reason == "rate_limited"
+    assert 25 < pkey.sleep_until - time.time() <= 30  # the upstream's Retry-After

@@ -237,6 +237,9 @@ REALTIME_USAGE = {
 }
 
 
+BUSY = {"Retry-After": "30"}
+
+
 class RealtimeFake(FakeUpstream):
     """OpenAI's /v1/realtime WebSocket: session.created, then for each response.create a
     response.created, one text delta and a response.done carrying REALTIME_USAGE."""
@@ -246,11 +249,15 @@ class RealtimeFake(FakeUpstream):
         self.app.router.add_get("/v1/realtime", self.realtime)
         self.sessions = 0
         self.closed = 0  # sessions that ended because the gateway closed its side
+        self.busy = 0  # handshakes still to refuse with 429 and Retry-After: 30
 
     async def realtime(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(Seen(request.method, request.path_qs, dict(request.headers), b""))
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return web.json_response({"error": {"message": "no key"}}, status=401)
+        if self.busy:
+            self.busy -= 1
+            return web.json_response({"error": {"message": "busy"}}, status=429, headers=BUSY)
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.sessions += 1

@@ -50,6 +50,7 @@ REJECTIONS = frozenset(
 RETRYABLE = frozenset({401, 403, 429})  # and every 5xx, and every network outcome
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write")
+PROBE_OUTCOMES = {True: "accepted", False: "refused", None: "inconclusive"}  # probes.probe
 MAX_VALUES = 500  # distinct values per open-ended label (model, owner, key)
 OTHER = "other"
 
@@ -172,8 +173,13 @@ class Metrics:
         )
         self.sleeps = Tally(
             "xaiproxy_key_sleeps",
-            "Provider keys put to sleep (429: rate_limited, 401/403: auth)",
+            "Provider keys put to sleep (rate_limited: a 429, auth_failed: a failed probe)",
             ["level", "key", "reason"],
+        )
+        self.probes = Tally(
+            "xaiproxy_key_probes",
+            "Key probes after a 401/403 (accepted, refused, inconclusive)",
+            ["key", "outcome"],
         )
         self.tokens = Tally("xaiproxy_tokens", "Tokens billed", ["model", "kind"])
         self.cost = Tally("xaiproxy_cost_usd", "Cost billed, in base USD (before Rates)", ["model"])
@@ -198,6 +204,7 @@ class Metrics:
             self.failures,
             self.fallbacks,
             self.sleeps,
+            self.probes,
             self.tokens,
             self.cost,
             self.rejections,
@@ -231,13 +238,17 @@ class Metrics:
             self.attempts.inc((lvl, key))
             if failed(outcome):
                 self.failures.inc((lvl, key, str(outcome)))
-            if outcome == 429:
-                self.sleeps.inc((lvl, key, "rate_limited"))
-            elif outcome in (401, 403):
-                self.sleeps.inc((lvl, key, "auth"))
             if previous is not None:
                 self.fallbacks.inc((previous, lvl))
             previous = lvl
+
+    # -- key health (routing.py, probes.py) ----------------------------------
+    def key_slept(self, key, reason: str) -> None:
+        self.sleeps.inc((str(key.level), self.key(str(key.id)), reason))
+
+    def key_probed(self, key, verdict: bool | None) -> None:
+        outcome = PROBE_OUTCOMES[verdict]
+        self.probes.inc((self.key(str(key.id)), outcome))
 
     def _usage(self, ctx, model: str) -> None:
         counts = (
@@ -348,7 +359,7 @@ def setup(app: web.Application, gw) -> Metrics | None:
     """GET /metrics and the hooks that feed it; nothing at all when settings.metrics is off."""
     if not gw.settings.metrics:
         return None
-    metrics = Metrics(gw)
+    metrics = gw.metrics = Metrics(gw)
     app[METRICS] = metrics
     app.on_response_prepare.append(metrics.on_prepare)
     gw.hooks.on_request_end.append(metrics.observe)

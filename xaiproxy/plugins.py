@@ -173,6 +173,7 @@ class Gateway:
         self.session = None  # aiohttp.ClientSession for calls off the data plane, set at start
         self.checked_session = None  # the same for keys under the SSRF rule (ssrf.py)
         self.upstream = None  # the data plane's pool (pool.Pool), set at start
+        self.metrics = None  # metrics.Metrics when settings.metrics is on
         self.resolver = None  # DNS under the sessions and the pool (None: system); tests set one
         self.box = credentials.SecretBox(settings.secret_key)  # provider keys at rest
         self.draining = False

@@ -39,6 +39,8 @@ class Prober:
         try:
             while True:
                 verdict = await self.probe(key, protocol)
+                if self.gw.metrics is not None:
+                    self.gw.metrics.key_probed(key, verdict)
                 if self.gw.state.keys.get(key.id) is not key or not key.status:
                     return  # deleted or disabled meanwhile: nothing left to decide
                 if verdict is False:

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import errors, mappers, providers
+from . import errors, mappers, providers, retry
 from .context import RequestContext
 from .errors import ApiError
 from .routing import Refused
@@ -119,11 +119,19 @@ class Realtime:
                     )
             except (TimeoutError, Refused, ValueError, aiohttp.ClientError, OSError) as exc:
                 ctx.attempt_log.append((key.id, level, getattr(exc, "status", "connect_error")))
+                self._after_refusal(key, exc)
         raise ApiError(
             502 if ctx.attempts else 503,
             "upstream_unavailable" if ctx.attempts else "no_provider_key",
             "no OpenAI-style provider key accepted the realtime session; retry later",
         )
+
+    def _after_refusal(self, key, exc: Exception) -> None:
+        """A handshake the upstream answered: the retry policy rests or probes the key."""
+        if isinstance(exc, aiohttp.WSServerHandshakeError):
+            retry_after = (exc.headers or {}).get("Retry-After")
+            action = retry.classify(exc.status)
+            self.relay.retry.apply(action, key, providers.OPENAI, retry_after)
 
     def _headers(self, ctx: RequestContext, key) -> dict:
         headers = providers.auth_headers(providers.OPENAI, key.secret, key.config, None, "")

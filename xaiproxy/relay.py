@@ -27,6 +27,7 @@ from . import (
     providers,
     realtime,
     responses,
+    retry,
     sse,
     vendors,
 )
@@ -38,7 +39,6 @@ from .probes import Prober
 from .routing import Refused, Router
 from .upstream import ClientGone, UpstreamError, UpstreamTimeout
 
-RETRY_STATUSES = frozenset((401, 403, 429))  # and every 5xx
 ERROR_BODY_CAP = 256 * 1024  # what we keep of a failed attempt's answer to pass on
 # Response headers are filtered on the parser's bytes, decoded only when kept.
 DROP_RESPONSE = frozenset(n.encode() for n in providers.DROP_RESPONSE) | {b"content-length"}
@@ -52,6 +52,7 @@ class Relay:
         self.hooks = gw.hooks
         self.router = Router(gw)
         self.prober = Prober(gw, self.router)
+        self.retry = retry.Policy(self.router, self.prober, gw.settings)  # retry.py decides
         self.forward_names, self.forward_prefixes = providers.forwarding(
             gw.settings.forward_headers
         )
@@ -185,8 +186,8 @@ class Relay:
             ctx.attempt_log.append((key.id, level, outcome))
             if resp is None:
                 continue
-            if resp.status in RETRY_STATUSES or resp.status >= 500:
-                last = await self._failed(ctx, key, resp)
+            if (action := retry.classify(resp.status)) != retry.PASS:
+                last = await self._failed(ctx, key, resp, action)
                 if ctx.plan is not None and ctx.plan.answer is not None:
                     status, _ctype, body = last  # in the client's protocol's error shape
                     last = (status, "application/json", ctx.plan.answer.error(status, body))
@@ -261,15 +262,12 @@ class Relay:
         headers["Accept-Encoding"] = "identity"  # the scanner must read usage
         return headers
 
-    async def _failed(self, ctx: RequestContext, key, resp) -> tuple[int, str, bytes]:
-        """Read (bounded) and close a failed answer; rest the key on 429, probe it on 401/403."""
+    async def _failed(self, ctx: RequestContext, key, resp, action: str) -> tuple[int, str, bytes]:
+        """Read (bounded) and close a failed answer; the retry policy rests or probes the key."""
         status, ctype = resp.status, resp.header(b"content-type") or "application/json"
-        retry = _retry_after(resp)
+        retry_after = resp.header(b"retry-after")
         body = await self._error_body(key, resp)  # releases `resp`: its head is read above
-        if status == 429:
-            self.router.sleep(key, retry or self.settings.key_sleep_429, "rate_limited")
-        elif status in (401, 403):
-            self.prober.schedule(key, ctx.protocol)  # the key sleeps only if the probe fails
+        self.retry.apply(action, key, ctx.protocol, retry_after)
         return status, ctype, body
 
     async def _error_body(self, key, resp) -> bytes:
@@ -471,13 +469,6 @@ class _Sink:
 
     def done(self) -> None:
         self.ctx.request.writer.output_size += self.sent  # for the access log's byte count
-
-
-def _retry_after(resp) -> float:
-    try:
-        return min(max(float(resp.header(b"retry-after") or ""), 0.0), 3600.0)
-    except ValueError:
-        return 0.0
 
 
 def setup(app: web.Application, gw) -> None:

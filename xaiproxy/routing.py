@@ -79,6 +79,8 @@ class Router:
         key.sleep_until = time.time() + seconds
         key.sleep_reason = reason
         self.gw.store.submit([KeySleep(key.id, key.sleep_until, reason)])
+        if self.gw.metrics is not None:
+            self.gw.metrics.key_slept(key, reason)
 
     def wake(self, key: ProviderKey) -> None:
         """End a key's rest (a probe found it answering again)."""
