@@ -161,6 +161,29 @@ async def test_answer_split_at_every_byte_boundary():
         await pool.close()
 
 
+async def test_one_read_of_many_chunks_is_handed_on_in_one_call():
+    """Chunks that arrive in one read reach the relay as one piece: one scan, one write."""
+    pieces = [b"data: %d\n\n" % i for i in range(20)]
+
+    async def answer(req, reader, writer):
+        whole = chunked(*pieces)
+        head, _, body = whole.partition(b"\r\n\r\n")
+        writer.write(head + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the relay is streaming by now
+        writer.write(body)
+
+    async with RawUpstream(answer) as up:
+        pool = make_pool()
+        conn = await pool.request(up.url, "POST", "/v1/x", {}, b"{}", False)
+        got: list[bytes] = []
+        conn.stream(got.append)
+        assert await conn.wait()
+        conn.release()
+        assert got == [b"".join(pieces)]
+        await pool.close()
+
+
 async def test_stall_after_headers_times_out_and_closes():
     closed = asyncio.Event()
 

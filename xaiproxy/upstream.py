@@ -1,8 +1,8 @@
 """One upstream HTTP/1.1 connection on an asyncio protocol, parsed by httptools (llhttp, C).
 
 The data plane's answer never passes through a queue: `data_received` feeds the parser,
-the parser hands each body piece to the relay's callback, which scans it and writes it to
-the client. Backpressure both ways: the relay pauses this connection while the client's
+and the body pieces of that one read go to the relay's callback joined, which scans them
+and writes them to the client in one write. Backpressure both ways: the relay pauses this connection while the client's
 transport is full and resumes it on drain; nothing is read from the upstream meanwhile.
 
 Timeouts (headers, idle between pieces) use one `loop.call_at` handle per connection,
@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
         self.any_byte = False
         self.error: BaseException | None = None
         self._buffer: list[bytes] = []
+        self._pieces: list[bytes] = []  # body pieces of the read being parsed, when streaming
         self._on_data = None
         self._waiter: asyncio.Future | None = None
         self._paused = False
@@ -109,11 +110,13 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, ClientGone):
-                self._fail(exc.__context__)
-            else:
-                self._fail(UpstreamError(f"the upstream's answer is malformed ({exc})"))
+            self._deliver()  # what parsed before the fault still goes out, then the error
+            self._fail(UpstreamError(f"the upstream's answer is malformed ({exc})"))
             return
+        if self._pieces:
+            self._deliver()
+            if self.error is not None:
+                return
         if self.complete:
             self._settle()
 
@@ -154,7 +157,7 @@ class Connection(asyncio.Protocol):
             self._buffer.append(body)
             self._wake()  # a bounded `read` may be waiting for this piece
         else:
-            self._on_data(body)
+            self._pieces.append(body)  # handed on once the whole read is parsed
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -198,8 +201,8 @@ class Connection(asyncio.Protocol):
         """From now on, hand body pieces to `on_data` (what arrived before goes first)."""
         buffered, self._buffer = self._buffer, []
         self._on_data = on_data
-        for piece in buffered:
-            on_data(piece)
+        if buffered:
+            on_data(b"".join(buffered))
 
     async def wait(self) -> bool:
         """Until the answer ends (True), or the relay asked to pause (False). Raises on failure."""
@@ -259,6 +262,19 @@ class Connection(asyncio.Protocol):
         self.pool.forget(self)
 
     # -- internals ----------------------------------------------------------
+    def _deliver(self) -> None:
+        """Hand what one read carried to the relay at once: one scan, one client write,
+        however many chunks of the upstream's framing it held."""
+        pieces = self._pieces
+        if not pieces:
+            return
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        try:
+            self._on_data(data)
+        except ClientGone as exc:
+            self._fail(exc)
+
     def _settle(self) -> None:
         self._cancel_timer()
         reusable = (
