@@ -34,6 +34,7 @@ from . import (
 from .admission import Admission
 from .context import RequestContext
 from .errors import ApiError
+from .heads import Heads
 from .plugins import REQUEST_CTX
 from .probes import Prober
 from .routing import Refused, Router
@@ -53,9 +54,7 @@ class Relay:
         self.router = Router(gw)
         self.prober = Prober(gw, self.router)
         self.retry = retry.Policy(self.router, self.prober, gw.settings)  # retry.py decides
-        self.forward_names, self.forward_prefixes = providers.forwarding(
-            gw.settings.forward_headers
-        )
+        self.heads = Heads(gw.settings)
         self.admission = Admission(gw)
         self.billing = gw.billing
         self.inflight = 0
@@ -234,33 +233,9 @@ class Relay:
             return None, "connect_error"
         return up, up.status
 
-    def _headers(self, ctx: RequestContext, key) -> CIMultiDict:
-        """Client headers from the allowlist (never one its Connection header names), then auth."""
-        client = ctx.request.headers
-        names, prefixes, never = self.forward_names, self.forward_prefixes, providers.NEVER_FORWARD
-        hop = {t.strip().lower() for t in client.get("Connection", "").split(",")}
-        headers = CIMultiDict(
-            (k, v)
-            for k, v in client.items()
-            if ((low := k.lower()) in names or (low.startswith(prefixes) and low not in never))
-            and low not in hop
-        )
-        protocol, plan = ctx.protocol, ctx.plan
-        version = (
-            ctx.request.headers.get(protocol.version_header) if protocol.version_header else None
-        )
-        headers.update(
-            providers.auth_headers(
-                plan.upstream if plan else protocol,
-                key.secret,
-                key.config,
-                version,
-                self.settings.anthropic_version,
-                plan.auth if plan else "",
-            )
-        )
-        headers["Accept-Encoding"] = "identity"  # the scanner must read usage
-        return headers
+    def _headers(self, ctx: RequestContext, key) -> bytes:
+        """The header lines sent upstream: filtered client headers, then the key's own."""
+        return self.heads.block(ctx, key)
 
     async def _failed(self, ctx: RequestContext, key, resp, action: str) -> tuple[int, str, bytes]:
         """Read (bounded) and close a failed answer; the retry policy rests or probes the key."""

@@ -19,6 +19,8 @@ import asyncio
 import httptools
 from multidict import CIMultiDict
 
+from . import heads
+
 IDLE, SENT, BODY, DONE, DEAD = range(5)
 
 
@@ -337,13 +339,11 @@ class Connection(asyncio.Protocol):
 
 
 def encode_head(method: str, target: str, host: str, headers, length: int | None) -> bytes:
-    """The request head as bytes. Header lines with CR or LF are dropped, never sent."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            continue
-        lines.append(f"{name}: {value}\r\n")
-    if length is not None:
-        lines.append(f"Content-Length: {length}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1", "replace")
+    """The request head as bytes; `headers` are header lines already (bytes, see heads.py)
+    or a mapping, whose lines with CR or LF are dropped, never sent."""
+    if not isinstance(headers, bytes):
+        headers = heads.header_lines(headers)
+    first = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1", "replace")
+    if length is None:
+        return b"%b%b\r\n" % (first, headers)
+    return b"%b%bContent-Length: %d\r\n\r\n" % (first, headers, length)
