@@ -128,3 +128,21 @@ def test_off_means_no_logger():
     assert accesslog.runner_kwargs(settings_mod.Settings(access_log="")) == {"access_log": None}
     kwargs = accesslog.runner_kwargs(settings_mod.Settings(access_log="-"))
     assert kwargs["access_log_class"] is accesslog.JsonAccessLogger
+
+
+def test_timestamp_is_isoformat_in_milliseconds_formatted_once_a_second():
+    from datetime import UTC, datetime
+
+    edges = [1157720735.5999994, 1639605672.7769995, 1700000000.0, 1700000000.9999996]
+    for now in [*edges, *(1700000000 + i / 7 for i in range(50))]:
+        assert accesslog.timestamp(now) == datetime.fromtimestamp(now, UTC).isoformat(
+            timespec="milliseconds"
+        ), now
+
+
+def test_paths_are_cut_and_keys_redacted_with_or_without_the_fast_path():
+    key = "sk-" + "A" * 40
+    assert accesslog._redact("/v1/chat/completions") == "/v1/chat/completions"
+    assert accesslog._redact("/x" * 400) == ("/x" * 400)[:300]
+    redacted = accesslog._redact(f"/v1/files/{key}/content")
+    assert key not in redacted and redacted.startswith("/v1/files/sk-")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import secrets
 import sys
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -52,8 +54,26 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
 
 
 def _redact(path: str) -> str:
+    if "sk-" not in path:  # nothing key-like: the common case, no regex pass
+        return path[:300]
     # Redact before cutting, so no cut can leave part of a key unmatched.
     return _KEYLIKE.sub(lambda m: credentials.display_prefix(m.group()), path[:4096])[:300]
+
+
+_second = [-1, ""]  # the last whole second formatted, and its text up to the seconds
+
+
+def timestamp(now: float) -> str:
+    """`now` as ISO 8601 UTC with milliseconds (as datetime.isoformat gives it); the date
+    and time part is formatted once per second, not per line."""
+    frac, whole = math.modf(now)  # rounded to the microsecond as datetime does
+    whole, micros = int(whole), round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if whole != _second[0]:
+        text = datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:-6]
+        _second[0], _second[1] = whole, text
+    return f"{_second[1]}.{micros // 1000:03d}+00:00"
 
 
 def _context_fields(ctx) -> dict:
@@ -83,7 +103,7 @@ def _context_fields(ctx) -> dict:
 def line(request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> bytes:
     """One access-log record as a JSON line (without the newline)."""
     record = {
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "ts": timestamp(time.time()),
         "rid": response.headers.get(REQUEST_ID) or request_id(request),
         "remote": request.remote,
         "method": request.method,
