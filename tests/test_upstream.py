@@ -470,3 +470,37 @@ async def test_gateway_client_disconnect_closes_the_upstream(make_gateway):
         resp.close()
         await asyncio.wait_for(closed.wait(), 3)
         assert api.gw.upstream.idle_count() == 0
+
+
+async def test_gateway_sends_headers_with_the_first_bytes_and_the_end_with_the_last(make_gateway):
+    """Headers wait for the first bytes; an answer that arrives in one read goes out in one
+    write: headers, events and the chunked terminator read back in one recv."""
+    events = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n' * 3 + b"data: [DONE]\n\n"
+
+    async def answer(req, reader, writer):
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(
+            b"".join(chunk(e + b"\n\n") for e in events.split(b"\n\n")[:-1]) + b"0\r\n\r\n"
+        )
+
+    async with RawUpstream(answer) as up:
+        api = await make_gateway()
+        key = {"SecretKey": "sk-upstream-one-abcdefghijk", "Level": 1, "Provider": up.url}
+        assert (await api.post("/x-keys", key | {"Config": BOTH_PROTOCOLS})).status == 201
+        _, user_key = await add_user(api)
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+        body = b'{"model":"gpt-4o-mini","stream":true,"messages":[]}'
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (user_key.encode(), len(body), body)
+        )
+        await writer.drain()
+        first = await asyncio.wait_for(reader.read(65536), 5)
+        assert first.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in first, first
+        assert first.endswith(b"\r\n0\r\n\r\n"), first
+        writer.close()

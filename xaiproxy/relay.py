@@ -306,12 +306,12 @@ class Relay:
             scanner = ctx.objects.tee(scanner)  # to record the objects the answer names
         if up.complete and not isinstance(getattr(scanner, "inner", scanner), sse.StreamScanner):
             return self._whole(ctx, up, scanner, headers)
-        out = web.StreamResponse(status=up.status, headers=headers)
+        out = _Streamed(status=up.status, headers=headers)
         self.gw.streams_open += 1
         complete = False
         try:
-            await out.prepare(ctx.request)
-            complete = await self._pump(ctx, up, scanner)
+            await out.prepare(ctx.request)  # the headers wait for the first bytes
+            complete = await self._pump(ctx, up, scanner, out)
         except asyncio.CancelledError:
             up.close()  # the client went away: stop the upstream at once
             ctx.error = ctx.error or "client_closed"
@@ -352,16 +352,22 @@ class Relay:
             headers.update(self.gw.limiter.headers(ctx.limits))
         return headers
 
-    async def _pump(self, ctx: RequestContext, up, scanner) -> bool:
+    async def _pump(self, ctx: RequestContext, up, scanner, out) -> bool:
         """Relay the answer from the upstream connection's callbacks straight to the client's
         transport; True when it ended cleanly. Only a full client transport wakes this
-        coroutine before the end: it pauses the upstream, waits for the drain, resumes."""
+        coroutine before the end: it pauses the upstream, waits for the drain, resumes.
+        The last read's bytes go out with the end of the answer, in one write."""
         sink = _Sink(ctx)
         feed, write = scanner.feed, sink.write
+        last: list[bytes] = []
 
         def on_data(piece: bytes) -> None:
             data = feed(piece)
-            if data and write(data):
+            if not data:
+                return
+            if up.complete:  # this read ends the answer
+                last.append(data)
+            elif write(data):
                 up.pause()
 
         try:
@@ -369,9 +375,8 @@ class Relay:
             while not await up.wait():
                 await ctx.request.writer.drain()
                 up.resume()
-            tail = scanner.finish()
-            if tail:
-                write(tail)
+            last.append(scanner.finish())
+            await sink.end(out, b"".join(last))
             up.release()
             return True
         except (ClientGone, ConnectionResetError):
@@ -419,15 +424,22 @@ class Relay:
             self._request_end(ctx)
 
 
+class _Streamed(web.StreamResponse):
+    """A streamed answer whose headers go out with its first bytes, in one write."""
+
+    _send_headers_immediately = False  # aiohttp >= 3.12: StreamWriter.send_headers
+
+
 class _Sink:
     """Writes answer bytes to the client's transport, in aiohttp's framing (chunked or not)."""
 
-    __slots__ = ("ctx", "transport", "chunked", "high", "sent")
+    __slots__ = ("ctx", "writer", "transport", "chunked", "high", "sent")
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
+        self.writer = ctx.request.writer
         self.transport = ctx.request.transport
-        self.chunked = ctx.request.writer.chunked
+        self.chunked = self.writer.chunked
         self.high = self.transport.get_write_buffer_limits()[1] if self.transport else 0
         self.sent = 0
 
@@ -438,12 +450,20 @@ class _Sink:
             raise ClientGone()
         if not self.sent:
             self.ctx.ttfb = time.perf_counter() - self.ctx.started
+            self.writer.send_headers()  # still buffered when these are the first bytes
         self.sent += len(data)
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
         return transport.get_write_buffer_size() > self.high
 
+    async def end(self, out: web.StreamResponse, data: bytes) -> None:
+        """The last bytes and the end of the answer in one write (with the headers, when
+        nothing went out yet: a whole answer that came in one read)."""
+        if data and not self.sent:
+            self.ctx.ttfb = time.perf_counter() - self.ctx.started
+        await out.write_eof(data)
+
     def done(self) -> None:
-        self.ctx.request.writer.output_size += self.sent  # for the access log's byte count
+        self.writer.output_size += self.sent  # for the access log's byte count
 
 
 def setup(app: web.Application, gw) -> None:
