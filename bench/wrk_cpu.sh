@@ -7,7 +7,8 @@
 # mock alone. Reads utime+stime from /proc for each process; prints the medians per row
 # and the gateway/mock ratio, which cancels most of a shared machine's drift.
 # XAI_PY=/path/to/python runs the gateway with another interpreter; XAI_SRC=/other/checkout
-# runs that checkout's gateway (A/B of two commits with the same mock and wrk).
+# runs that checkout's gateway (A/B of two commits with the same mock and wrk). XAI_THIN=1
+# adds bench/thin_proxy.py's rows: the same server and upstream pool with no logic (the floor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -26,7 +27,13 @@ mpid=$!
   XAI_ACCESS_LOG="$tmp/access.log" PYTHONPATH="${XAI_SRC:-}" \
   exec "$gwpy" -m xaiproxy serve --host 127.0.0.1 --port "$gport" --db "$tmp/x.db") >"$tmp/gw.log" 2>&1 &
 gpid=$!
-trap 'kill $mpid $gpid 2>/dev/null; rm -rf "$tmp"' EXIT
+tpid=
+if [ -n "${XAI_THIN:-}" ]; then  # the floor: aiohttp server + xaiproxy's pool, no logic
+  tport=$(free_port)
+  $py bench/thin_proxy.py --port "$tport" --upstream "http://127.0.0.1:$mport" >"$tmp/thin.log" 2>&1 &
+  tpid=$!
+fi
+trap 'kill $mpid $gpid $tpid 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$gport/healthz" >/dev/null && break; sleep 0.1; done
 grep -i "speedups" "$tmp/gw.log" || true
 auth=(-H "Authorization: Bearer $root")
@@ -46,11 +53,11 @@ LUA
 done
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 tick=$(getconf CLK_TCK)
-row() {  # name url script: one wrk run; prints name, requests, gateway and mock CPU us/req
-  local g0 m0 g1 m1 n
-  g0=$(cpu $gpid); m0=$(cpu $mpid)
+row() {  # name url script [pid]: one wrk run; prints name, requests, proxy and mock CPU us/req
+  local g0 m0 g1 m1 n p=${4:-$gpid}
+  g0=$(cpu $p); m0=$(cpu $mpid)
   n=$(wrk -t1 -c50 -d"${secs}s" -s "$3" "$2/v1/chat/completions" | awk '/requests in/{print $1}')
-  g1=$(cpu $gpid); m1=$(cpu $mpid)
+  g1=$(cpu $p); m1=$(cpu $mpid)
   echo "$1 $n $(( (g1 - g0) * 1000000 / tick / n )) $(( (m1 - m0) * 1000000 / tick / n ))"
 }
 wrk -t1 -c50 -d2s -s "$tmp/plain.lua" "http://127.0.0.1:$gport/v1/chat/completions" >/dev/null  # warm-up
@@ -58,6 +65,10 @@ for _ in $(seq "$runs"); do
   row mock-plain "http://127.0.0.1:$mport" "$tmp/plain.lua"
   row gateway-plain "http://127.0.0.1:$gport" "$tmp/plain.lua"
   row gateway-stream "http://127.0.0.1:$gport" "$tmp/stream.lua"
+  if [ -n "$tpid" ]; then
+    row thin-plain "http://127.0.0.1:$tport" "$tmp/plain.lua" "$tpid"
+    row thin-stream "http://127.0.0.1:$tport" "$tmp/stream.lua" "$tpid"
+  fi
 done | $py -c '
 import collections, statistics, sys
 rows = collections.defaultdict(list)
