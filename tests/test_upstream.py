@@ -76,6 +76,24 @@ async def test_keep_alive_reuses_one_connection():
         await pool.close()
 
 
+async def test_a_pooled_connection_keeps_one_timer_handle_across_answers():
+    """No timer handle is made per request: the pooled connection's one is re-armed."""
+
+    async def answer(req, reader, writer):
+        writer.write(plain())
+
+    async with RawUpstream(answer) as up:
+        pool = make_pool(upstream_idle_timeout=5.0)
+        _, _, first = await fetch(pool, up.url)
+        handle = first._timer
+        assert handle is not None and handle.when() <= first.loop.time() + 5.0
+        for _ in range(3):
+            _, _, conn = await fetch(pool, up.url)
+            assert conn is first and conn._timer is handle
+        await pool.close()
+        assert handle.cancelled()
+
+
 async def test_peer_closing_an_idle_pooled_connection():
     async def answer(req, reader, writer):
         writer.write(plain(extra=b"Connection: keep-alive\r\n"))

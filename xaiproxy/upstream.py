@@ -7,7 +7,8 @@ transport is full and resumes it on drain; nothing is read from the upstream mea
 
 Timeouts (headers, idle between pieces) use one `loop.call_at` handle per connection,
 re-armed lazily: activity only stamps `_last`; when the handle fires it either times the
-answer out or re-arms for the remaining time.
+answer out or re-arms for the remaining time. A pooled connection keeps its handle, so a
+busy connection makes a new one about once per idle limit, not per request.
 
 A connection goes back to the pool only after a complete answer it may keep alive.
 """
@@ -278,10 +279,11 @@ class Connection(asyncio.Protocol):
             self._fail(exc)
 
     def _settle(self) -> None:
-        self._cancel_timer()
         reusable = (
             self.framed and self.keep_alive and not self._head_only and self.transport is not None
         )
+        if not reusable:
+            self._cancel_timer()  # a pooled one keeps its handle: the next answer re-arms it
         self.state = DONE if reusable else DEAD
         if not reusable and self.transport is not None:
             self.transport.close()
@@ -315,7 +317,9 @@ class Connection(asyncio.Protocol):
             return  # it fires first and re-arms itself for the rest
         if timer is not None:
             timer.cancel()
-        self._timer = self.loop.call_at(due, self._tick)
+        # No later than the idle limit: the headers' longer limit is then reached by
+        # re-arming from `_tick`, and the switch to the idle limit needs no new handle.
+        self._timer = self.loop.call_at(min(due, self._last + self.pool.idle_timeout), self._tick)
 
     def _tick(self) -> None:
         self._timer = None
