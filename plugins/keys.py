@@ -158,16 +158,19 @@ async def add_key(call):
         created_at=now,
         updated_at=now,
     )
-    ops = [
-        *gw.changes.put_key(key),
-        gw.oplog(caller, "add_key", key.id, f"level {key.level} {key.type} {provider}"),
-    ]
-    cfg = gw.config(caller.id)
-    mapper = extend_level_mapper(cfg, key)
-    if mapper is not None:
-        await gw.save_config(caller.id, {**cfg.values, "LEVEL_MAPPER": mapper}, ops)
-    else:
-        await gw.store.write(ops)
+
+    def work():
+        ops = [
+            *gw.changes.put_key(key),
+            gw.oplog(caller, "add_key", key.id, f"level {key.level} {key.type} {provider}"),
+        ]
+        cfg = gw.config(caller.id)
+        mapper = extend_level_mapper(cfg, key)
+        if mapper is not None:
+            ops += gw.set_config(caller.id, {**cfg.values, "LEVEL_MAPPER": mapper})[1]
+        return mapper, ops
+
+    mapper = await gw.changes.commit(work)
     return call.json(
         {"success": True, "Action": "add", "Key": public(key), "LevelMapper": mapper or {}},
         status=201,
@@ -200,11 +203,11 @@ async def update_key(call):
         values["type"] = key_type or vendors.infer(provider)  # a new host implies its vendor
     elif key_type:
         values["type"] = key_type
-    ops = gw.changes.update_key(key, values)
     changed = ", ".join(
         sorted(f for f in body if f != "SecretKey") + (["SecretKey"] if "SecretKey" in body else [])
     )
-    await gw.store.write([*ops, gw.oplog(call.caller, "update_key", key.id, f"changed {changed}")])
+    log = gw.oplog(call.caller, "update_key", key.id, f"changed {changed}")
+    await gw.changes.commit(lambda: (None, [*gw.changes.update_key(key, values), log]))
     return call.json({"success": True, "Action": "update", "Key": public(key)})
 
 
@@ -232,12 +235,8 @@ async def list_keys(call):
 async def delete_key(call):
     gw = call.gw
     key = _owned(call, call.param("id"))
-    await gw.store.write(
-        [
-            *gw.changes.delete_key(key),
-            gw.oplog(call.caller, "delete_key", key.id, f"level {key.level} {key.provider}"),
-        ]
-    )
+    log = gw.oplog(call.caller, "delete_key", key.id, f"level {key.level} {key.provider}")
+    await gw.changes.commit(lambda: (None, [*gw.changes.delete_key(key), log]))
     return call.json({"success": True, "Action": "delete", "Key": {"ID": key.id}})
 
 

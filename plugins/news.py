@@ -144,18 +144,17 @@ async def _create_locked(call, target: Target | None, default_days: float):
     row = {"id": news_id, "author_id": caller.id, "target_id": target_id}
     row |= {"target_dna": target_dna, "title": body["title"], "content": body["content"]}
     row |= {"created_at": now, "expires_at": expires}
-    await gw.store.write(
-        [
-            o.RowDelete(TABLE, {"expires_at": o.Le(now)}),
-            o.RowInsert(TABLE, row),
-            gw.oplog(
-                caller,
-                "create_news",
-                target.account.id if target else 0,
-                f"news {news_id} for {label}: {body['title'][:100]}",
-            ),
-        ]
-    )
+    unit = [
+        o.RowDelete(TABLE, {"expires_at": o.Le(now)}),
+        o.RowInsert(TABLE, row),
+        gw.oplog(
+            caller,
+            "create_news",
+            target.account.id if target else 0,
+            f"news {news_id} for {label}: {body['title'][:100]}",
+        ),
+    ]
+    await gw.changes.commit(lambda: (None, unit))  # news lives in the store only
     item = {"id": news_id, "title": body["title"], "content": body["content"]}
     item |= {"target": label, "created_at": iso(now), "expires_at": iso(expires)}
     return call.json({"success": True, "news": item}, status=201)
@@ -175,17 +174,13 @@ async def _delete(call, match: dict, target: Target | None):
     ids = [r["id"] for r in await gw.store.rows(TABLE, match)]
     if ids:
         label = target.label if target else "system"
-        await gw.store.write(
-            [
-                o.RowDelete(TABLE, {"id": o.In(tuple(ids))}),
-                gw.oplog(
-                    caller,
-                    "delete_news",
-                    target.account.id if target else 0,
-                    f"deleted {len(ids)} news for {label}",
-                ),
-            ]
+        log = gw.oplog(
+            caller,
+            "delete_news",
+            target.account.id if target else 0,
+            f"deleted {len(ids)} news for {label}",
         )
+        await gw.changes.commit(lambda: (None, [o.RowDelete(TABLE, {"id": o.In(tuple(ids))}), log]))
     return call.json({"success": True, "deleted": len(ids)})
 
 

@@ -52,9 +52,8 @@ def new_key(state, given: str | None) -> str:
 
 async def rotate(gw, operator: Account, acc: Account, key: str, action: str):
     """Swap acc's key in memory (the old one stops at once), then persist with the op log row."""
-    ops = gw.changes.rotate(acc, key)
-    ops.append(gw.oplog(operator, action, acc.id, f"rotated the key of {acc.name}"))
-    await gw.store.write(ops)
+    log = gw.oplog(operator, action, acc.id, f"rotated the key of {acc.name}")
+    await gw.changes.commit(lambda: (None, [*gw.changes.rotate(acc, key), log]))
     now = acc.updated_at
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"action": action, "id": acc.id, "name": acc.name, "key": key, "timestamp": stamp}

@@ -5,15 +5,22 @@ a change already validated, keeps every index, matcher and cache in step, regist
 the undo with `state.remember` (so a unit that is not stored is taken back), and
 returns the typed store ops to persist in the caller's unit. Money moves through
 `gw.ledger`, which the calls here use with explicit rates.
+
+`commit` runs a change and stores its unit all or nothing: when the unit is not
+stored, every change made in memory is taken back (SPEC 5 / issue 9). Every
+management write goes through it (the idempotency guard does too).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
 from . import credentials
+from .errors import ApiError
 from .state import KEY_COLUMNS, Account, ProviderKey, State
 from .store import ops as o
 
@@ -28,12 +35,35 @@ COMPILED = {
 }
 
 
+# work() -> (result, ops): checks and changes memory synchronously (no await, so no
+# other change interleaves) and returns the store ops of its unit.
+Work = Callable[[], tuple[Any, list]]
+
+
+async def commit(state: State, store, work: Work) -> Any:
+    """Run work() and store its unit; if the unit is not stored, memory is taken back."""
+    with state.recording() as undo:
+        result, ops = work()
+    try:
+        await store.write(ops)
+    except Exception as exc:
+        undo()
+        raise ApiError(
+            500, "write_failed", "the change could not be stored and was not applied; retry"
+        ) from exc
+    return result
+
+
 class Changes:
     """`gw.changes`: account and key mutations bound to one gateway."""
 
     def __init__(self, gw) -> None:
         self.gw = gw
         self.state: State = gw.state
+
+    async def commit(self, work: Work) -> Any:
+        """work()'s result once its unit is stored; 500 `write_failed`, memory as it was, if not."""
+        return await commit(self.state, self.gw.store, work)
 
     # -- accounts ----------------------------------------------------------------
     def create(self, acc: Account) -> list:
@@ -94,6 +124,8 @@ class Changes:
 
     def rotate(self, acc: Account, key: str) -> list:
         """Give acc a new client key; the old one stops at once."""
+        stamp = acc.updated_at
+        self.state.remember(lambda: setattr(acc, "updated_at", stamp))
         self.state.set_key(acc, credentials.hash_key(key), credentials.display_prefix(key))
         acc.updated_at = now = time.time()
         fields = {"key_hash": acc.key_hash, "key_prefix": acc.key_prefix, "updated_at": now}
@@ -113,6 +145,11 @@ class Changes:
 
     def update_key(self, key: ProviderKey, values: dict) -> list:
         """Set a key's fields (attribute names); re-enabling wakes a sleeping key."""
+        kept = [*values, "updated_at"]
+        if values.get("status") is True:
+            kept += ["sleep_until", "sleep_reason"]
+        old = {attr: getattr(key, attr) for attr in kept}
+        self.state.remember(lambda: self._restore_key(key, old))
         for attr, value in values.items():
             setattr(key, attr, value)
         if values.get("status") is True:
@@ -122,6 +159,11 @@ class Changes:
         row = self._key_row(key)
         del row["id"]
         return [o.KeySet(key.id, row)]  # an UPDATE: a key deleted meanwhile stays deleted
+
+    def _restore_key(self, key: ProviderKey, old: dict) -> None:
+        for attr, value in old.items():
+            setattr(key, attr, value)
+        self.state.keys_version += 1  # routing's pools follow
 
     def delete_key(self, key: ProviderKey) -> list:
         self.state.drop_key(key.id)

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import responses
+from . import changes, responses
 from .errors import ApiError
 from .store import ops as o
 
@@ -119,17 +119,13 @@ class Guard:
 
     async def _apply(self, work: Work, extra: Callable[[Any, int], list]):
         """Run work() and store its unit; if the unit is not stored, memory is taken back."""
-        with self.state.recording() as undo:
+
+        def unit():
             answer, ops, status = work()
             ops = [*ops, *extra(answer, status)]
-        try:
-            await self.store.write(ops)
-        except Exception as exc:
-            undo()
-            raise ApiError(
-                500, "write_failed", "the change could not be stored and was not applied; retry"
-            ) from exc
-        return answer, ops, status
+            return (answer, ops, status), ops
+
+        return await changes.commit(self.state, self.store, unit)
 
     async def prune(self) -> None:
         """Forget records past their TTL (run at start)."""

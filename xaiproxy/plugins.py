@@ -248,14 +248,31 @@ class Gateway:
             self.state.configs[owner_id] = cfg
         return cfg
 
-    async def save_config(self, owner_id: int, values: dict, extra_ops: list = ()) -> OwnerConfig:
-        """Replace an owner's config values, bump its version, persist, apply at once."""
-        version = self.config(owner_id).version + 1
-        cfg = OwnerConfig.build(owner_id, version, values, self.prices)
+    def set_config(self, owner_id: int, values: dict) -> tuple[OwnerConfig, list]:
+        """Replace an owner's config values in memory (a new version, applied at once);
+        returns it and the store ops, for a unit run by `changes.commit`."""
+        old = self.config(owner_id)
+        cfg = OwnerConfig.build(owner_id, old.version + 1, values, self.prices)
+        configs = self.state.configs
+        configs[owner_id] = cfg
+
+        def restore() -> None:  # unless a later change replaced it meanwhile
+            if configs.get(owner_id) is cfg:
+                configs[owner_id] = old
+
+        self.state.remember(restore)
         texts = {k: orjson.dumps(v).decode() for k, v in values.items()}
-        self.state.configs[owner_id] = cfg
-        await self.store.write([o.ConfigSet(owner_id, version, texts), *extra_ops])
-        return cfg
+        return cfg, [o.ConfigSet(owner_id, cfg.version, texts)]
+
+    async def save_config(self, owner_id: int, values: dict, extra_ops: list = ()) -> OwnerConfig:
+        """Replace an owner's config values, bump its version, persist, apply at once
+        (all or nothing: if the unit is not stored, the old config stays)."""
+
+        def work():
+            cfg, ops = self.set_config(owner_id, values)
+            return cfg, [*ops, *extra_ops]
+
+        return await self.changes.commit(work)
 
     @staticmethod
     def oplog(

@@ -362,12 +362,19 @@ class State:
 
     # -- provider keys -----------------------------------------------------
     def put_key(self, key: ProviderKey) -> None:
+        old = self.keys.get(key.id)
         self.keys[key.id] = key
         self.keys_version += 1
+        if old is None:
+            self.remember(lambda: self.drop_key(key.id))
+        elif old is not key:
+            self.remember(lambda: self.put_key(old))
 
     def drop_key(self, key_id: int) -> None:
-        self.keys.pop(key_id, None)
+        old = self.keys.pop(key_id, None)
         self.keys_version += 1
+        if old is not None:
+            self.remember(lambda: self.put_key(old))
 
     def owner_keys(self, owner_id: int) -> list[ProviderKey]:
         return [k for k in self.keys.values() if k.owner_id == owner_id]
