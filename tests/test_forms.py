@@ -108,3 +108,11 @@ async def test_the_mapped_model_is_spliced_in_place(setup):
     assert r.status == 200, r.body
     assert upstream.last.form_model == "gpt-4o-mini-transcribe"
     assert upstream.last.body == body.replace(b"whisper-1", b"gpt-4o-mini-transcribe", 1)
+
+
+async def test_an_overlong_n_field_is_refused(setup):
+    api, key, upstream = setup
+    body = form("b1", ("model", b"whisper-1"), ("file", b"abc"), ("n", b"0" * 100 + b"9"))
+    r = await post(api, key, body, "multipart/form-data; boundary=b1")
+    assert (r.status, r.error_code) == (400, "invalid_multipart")
+    assert upstream.seen == []

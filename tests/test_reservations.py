@@ -150,3 +150,34 @@ async def test_month_spend_after_a_rates_change_survives_a_restart(
         await again.close()
     assert before == pytest.approx(3 * 1_000_007 * 0.6e-6 * 7.3, rel=1e-3)
     assert after == before
+
+
+def image_form(path: str, n: bytes | None) -> bytes:
+    fields = [("model", b"dall-e-2"), ("image", b"\x89PNG fake")]
+    if path.endswith("edits"):
+        fields.append(("prompt", b"a red hat"))
+    if n is not None:
+        fields.append(("n", n))
+    out = b""
+    for name, value in fields:
+        out += b'--b7\r\nContent-Disposition: form-data; name="' + name.encode() + b'"'
+        out += b'; filename="a.png"\r\nContent-Type: image/png' if name == "image" else b""
+        out += b"\r\n\r\n" + value + b"\r\n"
+    return out + b"--b7--\r\n"
+
+
+@pytest.mark.parametrize("path", ["/v1/images/edits", "/v1/images/variations"])
+async def test_a_forms_n_multiplies_the_reservation(make_gateway, upstream, path):
+    api = await ready(make_gateway, upstream)
+    uid, key = await add_user(api, credit=2)  # 1 over the floor of 1
+    headers = {"Content-Type": "multipart/form-data; boundary=b7"}
+    # One image is estimated at ~$0.066 (1,000 prompt + 4,096 completion tokens at the
+    # "*" price); twenty at ~$1.33, more than the 1 this account may reserve.
+    for n in (b"20", b" 20 ", b"020"):
+        r = await api.post(path, data=image_form(path, n), key=key, headers=headers)
+        assert (r.status, r.error_code) == (403, "insufficient_balance"), n
+    assert upstream.seen == [] and api.gw.state.accounts[uid].reserved_n == 0
+    for n in (None, b"1", b"10"):
+        r = await api.post(path, data=image_form(path, n), key=key, headers=headers)
+        assert r.status == 200, (n, r.body)
+    assert [s.path for s in upstream.seen] == [path] * 3

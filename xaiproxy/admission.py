@@ -160,7 +160,9 @@ class Admission:
 
     def _form_model(self, ctx: RequestContext, ctype: str) -> str:
         ctx.prompt_estimate = MULTIPART_PROMPT_ESTIMATE
-        field = forms.model_field(ctx.body, forms.boundary(ctype))
+        form = forms.read(ctx.body, forms.boundary(ctype))
+        ctx.copies = form.copies or 1
+        field = form.model
         if field is None:
             return ""
         ctx.payload = field  # (value, start, end) of the model in the original bytes

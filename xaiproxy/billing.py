@@ -37,7 +37,7 @@ class Billing:
     def estimate_n(self, ctx: RequestContext) -> int:
         """Prompt estimate plus the completion cap times the answers asked for (`n`,
         `best_of`, images), at list price x Factor."""
-        cap, copies = self.settings.default_max_tokens, 1
+        cap, copies = self.settings.default_max_tokens, ctx.copies  # a form's n
         if isinstance(ctx.payload, dict):
             for name in providers.MAX_TOKENS_FIELDS:
                 value = _positive(ctx.payload.get(name))

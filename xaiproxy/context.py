@@ -50,6 +50,7 @@ class RequestContext:
     protocol: Protocol | None = None  # providers.OPENAI / ANTHROPIC, by path
     client_ip: str = ""  # after trusted-proxy X-Forwarded-For, when a whitelist needed it
     prompt_estimate: int = 0  # tokens, from the body size; used when no usage arrives
+    copies: int = 1  # images a multipart form asks for (its `n`); JSON's n/best_of: payload
     limits: Any = None  # the ticket gw.limiter.admit gave the request (for charge, headers)
     billed: bool = False
     target: str = ""  # the normalised path and filtered query sent upstream; "" = refused

@@ -76,7 +76,8 @@ class FakeUpstream:
         r.add_post("/v1/embeddings", self.embeddings)
         r.add_post("/v1/responses", self.responses)
         r.add_post("/v1/moderations", self.moderations)
-        r.add_post("/v1/images/generations", self.images)
+        for kind in ("generations", "edits", "variations"):
+            r.add_post(f"/v1/images/{kind}", self.images)
         r.add_post("/v1/audio/transcriptions", self.transcriptions)
         r.add_post("/v1/audio/speech", self.speech)
         r.add_post("/v1/messages", self.messages)
