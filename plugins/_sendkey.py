@@ -12,12 +12,10 @@ import asyncio
 import logging
 from email.message import EmailMessage
 
-import aiosmtplib
-
 from xaiproxy.api import ApiError
 from xaiproxy.state import Account
 
-from .alerts import smtp_options
+from . import _mail
 
 log = logging.getLogger("xaiproxy.sendkey")
 SMTP_TIMEOUT = 15.0
@@ -60,6 +58,6 @@ async def _send(gw, owner_id: int, acc_id: int, name: str, to: str, key: str) ->
         "Keep it safe: it is not shown again. Send it as 'Authorization: Bearer <key>'.\n"
     )
     try:
-        await aiosmtplib.send(msg, **smtp_options(values, SMTP_TIMEOUT))
+        await _mail.send(gw, owner_id, msg, SMTP_TIMEOUT)
     except Exception as exc:  # the mail server's trouble is logged, never raised
         log.warning("SendKey mail for account %d failed: %s", acc_id, type(exc).__name__)

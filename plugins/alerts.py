@@ -23,16 +23,15 @@ import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-import aiosmtplib
-
-from xaiproxy import ledger, ssrf
+from xaiproxy import ledger
 from xaiproxy.api import Column, Table, months
 from xaiproxy.state import Account
 from xaiproxy.store import ops as o
 
+from . import _mail
+
 log = logging.getLogger("xaiproxy.alerts")
 SOFT, LOW = "soft_limit", "low_balance"
-DEFAULT_PORTS = {"true": 465, "starttls": 587}
 TABLE = "alerts_sent"
 # Created by the core schema before plugins had tables (kept: IF NOT EXISTS adopts it).
 SENT = Table(
@@ -207,33 +206,13 @@ class Alerts:
         host = values.get("EMAIL_SMTP")
         if not host:
             raise RuntimeError("the owner removed EMAIL_SMTP")
-        # Checked again at send time: the name may resolve elsewhere by now.
-        restricted = ssrf.restricted(mail.owner_id == self.gw.state.root.id, self.gw.settings)
-        if restricted and await ssrf.resolves_private(host) is not False:
-            raise RuntimeError(f"EMAIL_SMTP {host!r} is not a public address")
         msg = EmailMessage()
         msg["From"] = values.get("XAI_MAIL") or values.get("EMAIL_AUTH") or f"xaiproxy@{host}"
         msg["To"] = mail.to
         msg["Subject"] = mail.subject
         msg.set_content(mail.text)
-        await aiosmtplib.send(msg, **smtp_options(values, self.smtp_timeout))
-
-
-def smtp_options(values: dict, timeout: float) -> dict:
-    """aiosmtplib options from EMAIL_*: EMAIL_TLS true = implicit TLS, starttls, or false."""
-    tls = str(values.get("EMAIL_TLS", "")).lower()
-    options = {
-        "hostname": values["EMAIL_SMTP"],
-        "port": int(values.get("EMAIL_PORT") or DEFAULT_PORTS.get(tls, 25)),
-        "use_tls": tls == "true",
-        # Unset: STARTTLS when the server offers it; false: never.
-        "start_tls": {"starttls": True, "false": False}.get(tls),
-        "timeout": timeout,
-    }
-    if values.get("EMAIL_AUTH"):
-        options["username"] = values["EMAIL_AUTH"]
-        options["password"] = values.get("EMAIL_PASS", "")
-    return options
+        # Resolved and checked again at send time: the name may resolve elsewhere by now.
+        await _mail.send(self.gw, mail.owner_id, msg, self.smtp_timeout)
 
 
 def instance(gw) -> Alerts | None:

@@ -102,7 +102,7 @@ async def check_mail_server(gw, caller, values: dict) -> None:
     host = values.get("EMAIL_SMTP")
     if not host or not ssrf.restricted(caller.is_root, gw.settings):
         return
-    private = await ssrf.resolves_private(host)
+    private = await ssrf.resolves_private(host, gw.resolver)
     if private is None:
         raise ApiError(400, "invalid_config", f"cannot resolve the EMAIL_SMTP host {host[:100]!r}")
     if private:
