@@ -125,3 +125,36 @@ async def test_a_stored_response_is_its_makers(make_gateway, upstream):
     r = await api.get("/v1/responses/resp_1", alice)
     assert r.status == 200 and r.body["id"] == "resp_1"
     assert (await api.post("/v1/chat/completions", chat(), key=bob)).status == 200
+
+
+async def test_object_ids_named_in_a_body_must_be_the_callers(make_gateway, upstream):
+    api = await ready(make_gateway, upstream)
+    await set_config(api, RESOURCES=ENABLED)
+    _, parent = await add_user(api, credit=200)
+    _, alice = await add_user(api, credit=20, key=parent)
+    _, bob = await add_user(api, credit=20, key=parent)  # alice's sibling
+    file_a = await upload(api, alice)
+    batch = {"input_file_id": file_a, "endpoint": "/v1/chat/completions"}
+    file_part = {"type": "file", "file": {"file_id": file_a}}
+    leaked = [
+        ("/v1/batches", batch),
+        ("/v1/chat/completions", chat(messages=[{"role": "user", "content": [file_part]}])),
+        ("/v1/responses", {"model": "gpt-4.1", "input": "x", "previous_response_id": "resp_9"}),
+        ("/v1/batches", {**batch, "input_file_id": "file-never-made"}),
+    ]
+    before = len(upstream.seen)
+    for path, body in leaked:
+        r = await api.post(path, body, key=bob)
+        assert (r.status, r.error_code) == (404, "not_found"), (path, r.body)
+        assert set(r.body["error"]) >= {"message", "type", "code"}
+    assert len(upstream.seen) == before  # nothing went upstream
+    # The maker and its ancestors may name it; free-form metadata is not an object.
+    for caller in (alice, parent):
+        r = await api.post("/v1/batches", {**batch, "metadata": {"file_id": "x"}}, key=caller)
+        assert r.status == 200, r.body
+    r = await api.post(
+        "/v1/chat/completions",
+        chat(messages=[{"role": "user", "content": [file_part]}]),
+        key=alice,
+    )
+    assert r.status == 200

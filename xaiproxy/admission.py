@@ -45,6 +45,7 @@ class Admission:
         """Checks 5-9, after `identify`; on return ctx holds model, body and reservation."""
         acc = ctx.account
         await self.read_body(ctx)
+        self.gw.objects.check_body(ctx)
         self.map_model(ctx)
         self.check_models(acc, ctx.model)
         self.route_level(ctx)

@@ -12,7 +12,11 @@ names it. When it does:
 - a path naming an object (`/v1/files/{id}/content`) passes only when the object is
   the caller's or a descendant's: anything else is 404, as if it did not exist;
 - a list answer (GET on a collection, JSON with a `data` array) keeps only the
-  caller's subtree's items.
+  caller's subtree's items;
+- an object id a JSON body names (`input_file_id`, `file_ids`, `previous_response_id`,
+  … : `BODY_FIELDS`, at any depth) must be the caller's subtree's too (404
+  otherwise), so a leaked id is of no use to another account. This holds once the
+  owner has enabled any stateful path; before that no object is the gateway's.
 
 The data plane reads the in-memory map only; the table is read once at start.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -50,6 +55,25 @@ COLLECTIONS = (
 # Collections whose plain POST is a model call: stateless unless it is stored (recorded).
 CALLS = frozenset(("responses", "chat/completions"))
 RELATED = ("thread_id", "output_file_id", "error_file_id")  # ids an answer names
+# Request-body fields that name provider objects (a string or a list of strings).
+BODY_FIELDS = frozenset(
+    (
+        "file_id",
+        "file_ids",
+        "input_file_id",
+        "training_file",
+        "validation_file",
+        "previous_response_id",
+        "response_id",
+        "batch_id",
+        "vector_store_id",
+        "vector_store_ids",
+        "assistant_id",
+        "thread_id",
+        "container_id",
+    )
+)
+FREE_FORM = frozenset(("metadata",))  # the client's own labels, never object references
 HEAD_CAP = 256 * 1024  # what is kept of an answer to find its ids
 LIST_CAP = 16 * 1024 * 1024  # a list answer is read whole to filter it
 _FIRST_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
@@ -158,6 +182,7 @@ class Objects:
     def __init__(self, gw) -> None:
         self.gw = gw
         self.owned: dict[tuple[int, str], tuple[int, str]] = {}
+        self._enabled: dict[int, tuple[object, bool]] = {}  # owner id -> (its config, on)
 
     async def load(self) -> None:
         rows = await self.gw.store.load_objects()
@@ -193,6 +218,31 @@ class Objects:
         if maker is None or not maker[1].startswith(acc.dna):
             raise ApiError(404, "not_found", f"no object {object_id[:100]!r} in /v1/{coll}")
         ctx.objects = Plan(self, ctx, "item", maker)
+
+    def check_body(self, ctx) -> None:
+        """Every object id the JSON body names is the caller's subtree's (404 otherwise)."""
+        if not isinstance(ctx.payload, dict) or not self.enabled(ctx.config):
+            return
+        acc = ctx.account
+        for object_id in named_ids(ctx.payload):
+            maker = self.maker(acc.owner_acc.id, object_id)
+            if maker is None or not maker[1].startswith(acc.dna):
+                raise ApiError(
+                    404, "not_found", f"no object {object_id[:100]!r} (named in the request body)"
+                )
+
+    def enabled(self, cfg) -> bool:
+        """Whether the owner's RESOURCES opens any stateful path (worked out once per config)."""
+        match = cfg.resource_match
+        if match is None:
+            return False
+        seen = self._enabled.get(cfg.owner_id)
+        if seen is None or seen[0] is not cfg:
+            on = any(
+                match(f"/v1/{c}/_") or (c not in CALLS and match(f"/v1/{c}")) for c in COLLECTIONS
+            )
+            self._enabled[cfg.owner_id] = seen = (cfg, on)
+        return seen[1]
 
     def _stored_call(self, ctx) -> None:
         """A model call whose answer the provider may store: record it where reads are on."""
@@ -241,3 +291,25 @@ class Objects:
             and maker[1].startswith(dna)
         ]
         return orjson.dumps(answer)
+
+
+def named_ids(payload) -> Iterator[str]:
+    """The strings under BODY_FIELDS anywhere in a JSON body (no recursion: any depth)."""
+    stack = [payload]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in FREE_FORM:
+                continue
+            if key in BODY_FIELDS:
+                if isinstance(value, str):
+                    yield value
+                elif isinstance(value, list):
+                    yield from (v for v in value if isinstance(v, str))
+            if isinstance(value, dict | list):
+                stack.append(value)
