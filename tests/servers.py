@@ -209,6 +209,11 @@ class Redis:
         _wait_port(self.port, self.proc, "redis-server", self.log)
         return self
 
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP / SIGCONT: a stalled Redis host. The kernel still accepts connections
+        (backlog) but nothing answers until it is thawed."""
+        self.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def kill(self) -> None:
         """kill -9: the data is gone (no persistence), the port is free for `start()`."""
         _stop(self.proc, signal.SIGKILL)

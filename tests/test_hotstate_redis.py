@@ -81,6 +81,30 @@ async def test_concurrent_admits_never_pass_the_floor_and_settle_exactly(two):
     assert held == [b"0", b"0"]
 
 
+async def test_a_burst_queues_on_the_pool_and_rides_out_a_short_stall(redis_server, redis_url):
+    """A small pool: 400 admits from two clients share 4 sockets each, and a Redis that
+    stalls for 1.5 s (a busy host) delays them instead of failing them."""
+    a, b = RedisState(redis_url, connections=4), RedisState(redis_url, connections=4)
+    watcher = RedisState(redis_url, connections=1)
+    thaw = None
+    try:
+        await a.load(snapshot())
+        redis_server.freeze(True)
+        thaw = asyncio.get_running_loop().call_later(1.5, redis_server.freeze, False)
+        started = time.monotonic()
+        verdicts = await asyncio.gather(*(c.admit(ask()) for c in [a, b] * 200))
+        assert time.monotonic() - started >= 1.4  # they waited for the thaw
+        assert [v.code for v in verdicts].count("ok") == 163
+        clients = await watcher.redis.client_list()
+        assert len(clients) <= 4 + 4 + 1  # a's, b's and the watcher's own
+    finally:
+        if thaw is not None:
+            thaw.cancel()
+        redis_server.freeze(False)
+        for c in (a, b, watcher):
+            await c.close()
+
+
 async def test_settle_draws_soonest_expiry_first_and_runs_into_debt(two):
     a, _ = two
     x = ask(account=3, estimate=1)

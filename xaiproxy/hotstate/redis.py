@@ -81,13 +81,20 @@ def _s(value) -> str:
 
 
 class RedisState:
+    """`connections`: the most sockets this instance opens to Redis. `timeout`: the
+    longest a command waits, each of: a free pooled connection, the TCP connect and
+    handshake, the reply. Past it the command fails closed (StateUnavailable)."""
+
     def __init__(
-        self, url: str, prefix: str = "xai:", timeout: float = 1.0, connections: int = 32
+        self, url: str, prefix: str = "xai:", timeout: float = 5.0, connections: int = 16
     ) -> None:
         self.prefix = prefix
         self.generation = ""  # the last generation this instance saw
-        # A bounded pool that waits (up to `timeout`) for a free connection: a burst of
-        # requests queues for a moment instead of opening a connection each.
+        # Redis runs one command at a time, so a few connections keep it busy; a burst
+        # queues on the pool instead of opening a socket per command. The timeout stays
+        # above a lost SYN (resent after 1 s) and a stalled or busy Redis host, which
+        # would otherwise refuse requests that a second's wait would have admitted; a
+        # Redis that is down still fails at once (connection refused or reset).
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=connections,
