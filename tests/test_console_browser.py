@@ -26,17 +26,44 @@ pytest_plugins = ["tests.fakes_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium():
     driver = start_browser()
     yield driver
     stop_browser(driver)
 
 
+@pytest.fixture
+def browser(chromium):
+    """The module's Chromium in a fresh tab: no page, session storage or log entries left
+    by the test before (its gateway is stopped: a late call of its page is refused)."""
+    old = chromium.current_window_handle
+    chromium.switch_to.new_window("tab")
+    fresh = chromium.current_window_handle
+    chromium.switch_to.window(old)
+    chromium.close()
+    chromium.switch_to.window(fresh)
+    console_errors(chromium)
+    return chromium
+
+
 # -- driving the page (these run in a thread) ------------------------------------
+# The console marks <main aria-busy="true"> while a call to the gateway is out: what a
+# call brings is rendered when it ends (a notice can show before the re-render).
+IDLE = "return document.getElementById('main')?.getAttribute('aria-busy') !== 'true'"
+
+
+def settle(driver, timeout: float = WAIT) -> None:
+    """Wait until the console has no call out, so nothing is about to be re-rendered."""
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(IDLE), "the console stays busy")
+
+
 def wait(driver, css: str, text: str | None = None, timeout: float = WAIT):
-    """The first element matching css (containing text, if given), once it is visible."""
+    """The first element matching css (containing text, if given), once it is visible
+    and the console is idle (the element is the final render, not one being replaced)."""
 
     def found(d):
+        if not d.execute_script(IDLE):
+            return False
         for el in d.find_elements(By.CSS_SELECTOR, css):
             if el.is_displayed() and (text is None or text in el.text):
                 return el
@@ -53,6 +80,7 @@ def view(driver, name: str) -> None:
 
 
 def fill(driver, form: str, values: dict) -> None:
+    settle(driver)
     for name, value in values.items():
         el = driver.find_element(By.CSS_SELECTOR, f'form[aria-label="{form}"] [name="{name}"]')
         el.clear()
@@ -60,6 +88,7 @@ def fill(driver, form: str, values: dict) -> None:
 
 
 def submit(driver, form: str, button: str | None = None) -> None:
+    settle(driver)
     css = f'form[aria-label="{form}"] button[type="submit"]'
     buttons = driver.find_elements(By.CSS_SELECTOR, css)
     target = next(b for b in buttons if button is None or b.text == button)
@@ -67,6 +96,7 @@ def submit(driver, form: str, button: str | None = None) -> None:
 
 
 def click(driver, text: str, scope: str = "main") -> None:
+    settle(driver)
     xpath = f'//{scope}//button[normalize-space()="{text}"]'
     WebDriverWait(driver, WAIT).until(EC.element_to_be_clickable((By.XPATH, xpath))).click()
 
@@ -329,6 +359,26 @@ async def test_a_bill_exported_as_csv_matches_x_bill(make_gateway, upstream, bro
         assert int(row["completion_tokens"]) == u["completion"]
         assert float(row["cost"]) == u["cost"]
     assert sum(int(r["requests"]) for r in rows) == bill["total_usage"]["requests"]
+
+
+async def test_main_is_busy_exactly_while_calls_are_out(api, browser):
+    """What `settle` waits on: aria-busy rises with a call and falls when none is left."""
+    script = """
+        const done = arguments[arguments.length - 1];
+        const main = document.getElementById('main');
+        const api = await import('./js/api.js');  // the app's own module instance
+        const before = main.getAttribute('aria-busy');
+        const calls = Promise.all([api.info(), api.status()]);
+        const during = main.getAttribute('aria-busy');
+        await calls;
+        done([before, during, main.getAttribute('aria-busy')]);
+    """
+
+    def drive():
+        sign_in(browser, api.url, api.root)
+        return browser.execute_async_script(script)
+
+    assert await asyncio.to_thread(drive) == ["false", "true", "false"]
 
 
 async def test_every_page_has_no_console_errors_and_fits_a_phone(api, browser):

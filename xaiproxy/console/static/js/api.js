@@ -25,12 +25,28 @@ export function onSignedOut(fn) {
   signedOut = fn;
 }
 
+let busy = () => {};
+let pending = 0;
+/** fn(true) when the console starts waiting on the gateway, fn(false) when nothing is left. */
+export function onBusy(fn) {
+  busy = fn;
+}
+
 function idempotencyKey() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return 'console-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-async function call(method, path, { query, body, key, money } = {}) {
+async function call(method, path, options) {
+  if (pending++ === 0) busy(true);
+  try {
+    return await request(method, path, options);
+  } finally {
+    if (--pending === 0) busy(false);
+  }
+}
+
+async function request(method, path, { query, body, key, money } = {}) {
   const url = new URL(path, window.location.origin);
   for (const [name, value] of Object.entries(query || {})) {
     if (value !== undefined && value !== null && value !== '') url.searchParams.set(name, value);

@@ -103,6 +103,8 @@ async function start() {
 }
 
 api.onSignedOut((err) => signOut(err.message));
+// Busy while any call is out: assistive tech waits for the re-render (so do the tests).
+api.onBusy((on) => main.setAttribute('aria-busy', String(on)));
 signOutButton.addEventListener('click', () => signOut('Signed out.'));
 window.addEventListener('hashchange', () => show());
 start();
