@@ -22,7 +22,8 @@ from xaiproxy import __version__
 
 pytest_plugins = ["tests.fakes_fixtures"]
 
-pytestmark = pytest.mark.timeout(120)
+# The first test also builds `dist` (~1 min idle, 2 on a busy 2-core CI): a hang guard.
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEEL = f"xaiproxy-{__version__}-py3-none-any.whl"
