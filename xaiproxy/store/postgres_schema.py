@@ -19,7 +19,7 @@ fails while a SQLite column has no PostgreSQL twin.
 from __future__ import annotations
 
 from . import tables
-from .ops import AddColumn, Column, Table, UsageRecord
+from .ops import AddColumn, Column, Table, UsageRecord  # noqa: F401 (Column: part of the declaration API)
 
 USAGE_COLUMNS = UsageRecord._fields
 
@@ -336,26 +336,6 @@ PG_TYPES = {
 }
 
 
-def _column_sql(col: Column) -> str:
-    sql = f"{col.name} {PG_TYPES[col.type]}"
-    if not col.null:
-        sql += " NOT NULL"
-    if col.default is not None:
-        value = tables.encode(col, col.default)
-        literal = "'" + value.replace("'", "''") + "'" if isinstance(value, str) else repr(value)
-        sql += f" DEFAULT {literal}"
-    return sql
-
-
 def plugin_ddl(item: Table | AddColumn) -> list[str]:
     """A plugin declaration's statements: create-if-absent, so adopting a table is a no-op."""
-    if isinstance(item, AddColumn):
-        return [f"ALTER TABLE {item.table} ADD COLUMN {_column_sql(item.column)}"]
-    parts = [_column_sql(c) for c in item.columns]
-    if item.primary_key:
-        parts.append(f"PRIMARY KEY ({', '.join(item.primary_key)})")
-    out = [f"CREATE TABLE IF NOT EXISTS {item.name} ({', '.join(parts)})"]
-    for cols in item.indexes:
-        name = "_".join((item.name, *cols))
-        out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {item.name} ({', '.join(cols)})")
-    return out
+    return tables.ddl(item, PG_TYPES)

@@ -633,35 +633,8 @@ def render(op) -> list[Statement]:
 SQL_TYPES = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "bool": "INTEGER", "json": "TEXT"}
 
 
-def _literal(col: o.Column) -> str:
-    """A column default as SQL text (DDL takes no parameters)."""
-    value = tables.encode(col, col.default)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return repr(value)
-
-
-def _column_sql(col: o.Column) -> str:
-    sql = f"{col.name} {SQL_TYPES[col.type]}"
-    if not col.null:
-        sql += " NOT NULL"
-    if col.default is not None:
-        sql += f" DEFAULT {_literal(col)}"
-    return sql
-
-
 def ddl(item: o.Table | o.AddColumn) -> list[str]:
-    """A declaration's statements: create-if-absent for tables and their indexes."""
-    if isinstance(item, o.AddColumn):
-        return [f"ALTER TABLE {item.table} ADD COLUMN {_column_sql(item.column)}"]
-    parts = [_column_sql(c) for c in item.columns]
-    if item.primary_key:
-        parts.append(f"PRIMARY KEY ({', '.join(item.primary_key)})")
-    out = [f"CREATE TABLE IF NOT EXISTS {item.name} ({', '.join(parts)})"]
-    for cols in item.indexes:
-        name = "_".join((item.name, *cols))
-        out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {item.name} ({', '.join(cols)})")
-    return out
+    return tables.ddl(item, SQL_TYPES)
 
 
 def _where(known: tables.Tables, table: str, where: dict) -> tuple[str, tuple]:

@@ -122,3 +122,35 @@ def decode(col: o.Column, value):
     if col.type == "bool":
         return bool(value)
     return value
+
+
+# -- DDL of a declaration, for any backend: only the type names differ ----------------
+def _literal(col: o.Column) -> str:
+    """A column default as SQL text (DDL takes no parameters)."""
+    value = encode(col, col.default)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def _column_sql(col: o.Column, types: dict[str, str]) -> str:
+    sql = f"{col.name} {types[col.type]}"
+    if not col.null:
+        sql += " NOT NULL"
+    if col.default is not None:
+        sql += f" DEFAULT {_literal(col)}"
+    return sql
+
+
+def ddl(item: o.Table | o.AddColumn, types: dict[str, str]) -> list[str]:
+    """A declaration's statements: create-if-absent, so adopting a table is a no-op."""
+    if isinstance(item, o.AddColumn):
+        return [f"ALTER TABLE {item.table} ADD COLUMN {_column_sql(item.column, types)}"]
+    parts = [_column_sql(c, types) for c in item.columns]
+    if item.primary_key:
+        parts.append(f"PRIMARY KEY ({', '.join(item.primary_key)})")
+    out = [f"CREATE TABLE IF NOT EXISTS {item.name} ({', '.join(parts)})"]
+    for cols in item.indexes:
+        name = "_".join((item.name, *cols))
+        out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {item.name} ({', '.join(cols)})")
+    return out
