@@ -87,6 +87,23 @@ def _store_ctx(gw: Gateway):
     return ctx
 
 
+def _hot_ctx(gw: Gateway):
+    """The shared hot state in Redis, before the store loads (it may be rebuilt from it)."""
+
+    async def ctx(app: web.Application):
+        if gw.settings.redis:
+            from .hotstate.redis import RedisState  # only instances that use Redis import it
+
+            gw.hot = RedisState(gw.settings.redis)
+        try:
+            yield
+        finally:
+            if gw.hot is not None:
+                await gw.hot.close()
+
+    return ctx
+
+
 def _upstream_ctx(gw: Gateway):
     async def ctx(app: web.Application):
         gw.session = _upstream_session(gw.settings, gw.resolver)
@@ -151,6 +168,6 @@ def create_app(settings, setup: Sequence[Callable[[Gateway], None]] = ()) -> web
     console.setup(app)
     metrics.setup(app, gw)
     accesslog.setup(app, gw)
-    app.cleanup_ctx.extend((_store_ctx(gw), _upstream_ctx(gw), _plugins_ctx(gw)))
+    app.cleanup_ctx.extend((_hot_ctx(gw), _store_ctx(gw), _upstream_ctx(gw), _plugins_ctx(gw)))
     app.on_shutdown.append(_drain)
     return app

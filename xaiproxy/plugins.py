@@ -179,6 +179,7 @@ class Gateway:
         self.draining = False
         self.streams_open = 0  # data-plane responses being relayed right now (relay.py)
         self.objects = objects.Objects(self)  # who made each stateful provider object
+        self.hot = None  # hotstate.redis.RedisState when settings.redis is set (SPEC 12)
 
     # -- registration ----------------------------------------------------
     def route(self, method: str, path: str, handler, **options) -> RouteSpec:
