@@ -81,16 +81,21 @@ async def get_config(call):
 
 async def update_config(call):
     gw, caller = call.gw, call.caller
-    current = gw.config(caller.id)
-    try:
-        values = ownerconf.apply_batch(current.values, call.body)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_config", str(exc)) from None
+    values = _applied(gw, caller, call.body)
     if not caller.is_root and call.body.keys() & {"EMAIL_SMTP", "EMAIL_PORT"}:
         await check_mail_server(gw, caller, values)
+        # Apply to the config as it is now: an update that landed during the check stays.
+        values = _applied(gw, caller, call.body)
     log = gw.oplog(caller, "update_config", caller.id, "set " + ", ".join(sorted(call.body)))
     cfg = await gw.save_config(caller.id, values, [log])
     return call.json(_answer(call, cfg))
+
+
+def _applied(gw, caller, batch: dict) -> dict:
+    try:
+        return ownerconf.apply_batch(gw.config(caller.id).values, batch)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_config", str(exc)) from None
 
 
 async def check_mail_server(gw, caller, values: dict) -> None:

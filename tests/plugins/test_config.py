@@ -187,3 +187,31 @@ async def test_tenant_mail_server_must_be_public_and_on_a_mail_port(make_gateway
     # Root runs the machine: its own mail server may be local, on any port.
     r = await api.put("/x-config", {"EMAIL_SMTP": "127.0.0.1", "EMAIL_PORT": 8025})
     assert r.status == 200
+
+
+async def test_an_update_waiting_on_its_mail_check_keeps_a_concurrent_update(make_gateway):
+    """The mail server's DNS check awaits; an update that lands meanwhile must survive."""
+    import asyncio
+
+    from tests.fakes import add_user
+    from tests.test_ssrf import Rebinding
+
+    class Slow(Rebinding):
+        async def resolve(self, host, port=0, family=0):
+            await release.wait()
+            return await super().resolve(host, port, family)
+
+    release = asyncio.Event()
+    api = await make_gateway(allow_private_providers=False)
+    api.gw.resolver = Slow("8.8.8.8")
+    _, tenant = await add_user(api, Owner=True)
+    mail = asyncio.ensure_future(
+        api.put("/x-config", {"EMAIL_SMTP": "mail.test", "EMAIL_PORT": 587}, key=tenant)
+    )
+    await asyncio.sleep(0.05)  # the mail update now waits on DNS
+    r = await api.put("/x-config", {"LOW_BALANCE": 7}, key=tenant)
+    assert r.status == 200, r.body
+    release.set()
+    assert (await mail).status == 200
+    configs = (await api.get("/x-config", key=tenant)).body["configs"]
+    assert configs["EMAIL_SMTP"] == "mail.test" and configs["LOW_BALANCE"] == 7, configs
