@@ -35,10 +35,10 @@ async def test_bucket_non_blocking_checks():
 
 
 def test_reset_format():
-    assert limits._duration(0.02) == "20ms"
-    assert limits._duration(1.2) == "2s"
-    assert limits._duration(360) == "6m0s"
-    assert limits._duration(3723) == "1h2m3s"
+    assert limits.duration(0.02) == "20ms"
+    assert limits.duration(1.2) == "2s"
+    assert limits.duration(360) == "6m0s"
+    assert limits.duration(3723) == "1h2m3s"
 
 
 async def test_rpm_refuses_with_retry_after_and_headers(make_gateway, upstream):
@@ -158,9 +158,18 @@ async def test_random_model_names_add_no_buckets(make_gateway):
 def test_the_limiter_is_chosen_in_settings():
     assert settings_mod.load(env={}).limiter == "memory"
     assert isinstance(limits.create("memory"), limits.MemoryLimiter)
+    url = "redis://:secret@127.0.0.1:1/0"
+    assert settings_mod.load(env={"XAI_REDIS": url}).limiter == "redis"  # unset: follows redis
     with pytest.raises(settings_mod.SettingsError) as err:
         settings_mod.load(env={"XAI_LIMITER": "redis"})
-    assert "limiter 'redis' is not supported (supported: memory)" in str(err.value)
+    assert "limiter 'redis' needs the redis setting" in str(err.value)
+    with pytest.raises(settings_mod.SettingsError) as err:
+        settings_mod.load(env={"XAI_LIMITER": "memory", "XAI_REDIS": url})
+    assert "limiter 'memory' cannot be used with redis set" in str(err.value)
+    assert "secret" not in str(err.value)
+    with pytest.raises(settings_mod.SettingsError) as err:
+        settings_mod.load(env={"XAI_LIMITER": "disk"})
+    assert "limiter 'disk' is not supported (supported: memory, redis)" in str(err.value)
 
 
 async def test_a_deleted_account_leaves_no_buckets(make_gateway, upstream):

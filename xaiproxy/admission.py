@@ -49,8 +49,7 @@ class Admission:
         self.map_model(ctx)
         self.check_models(acc, ctx.model)
         self.route_level(ctx)
-        self.gw.billing.hold(ctx)
-        ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, ctx.model)
+        await self.gw.billing.admit(ctx)  # 8 and 9 (one Redis round trip with `redis` set)
 
     # -- 1, 2 ---------------------------------------------------------------
     def authenticate(self, request: web.Request, key: str | None = None) -> Account:

@@ -104,6 +104,26 @@ def _hot_ctx(gw: Gateway):
     return ctx
 
 
+def _shared_ctx(gw: Gateway):
+    """Money and rate limits in Redis, once the store is loaded (Redis is rebuilt from it);
+    stopped before the store closes, so the last settles reach it."""
+
+    async def ctx(app: web.Application):
+        if gw.hot is None:
+            yield
+            return
+        from .hotstate.wiring import Shared
+
+        gw.shared = Shared(gw)
+        await gw.shared.start()
+        try:
+            yield
+        finally:
+            await gw.shared.stop()
+
+    return ctx
+
+
 def _upstream_ctx(gw: Gateway):
     async def ctx(app: web.Application):
         gw.session = _upstream_session(gw.settings, gw.resolver)
@@ -168,6 +188,8 @@ def create_app(settings, setup: Sequence[Callable[[Gateway], None]] = ()) -> web
     console.setup(app)
     metrics.setup(app, gw)
     accesslog.setup(app, gw)
-    app.cleanup_ctx.extend((_hot_ctx(gw), _store_ctx(gw), _upstream_ctx(gw), _plugins_ctx(gw)))
+    app.cleanup_ctx.extend(
+        (_hot_ctx(gw), _store_ctx(gw), _shared_ctx(gw), _upstream_ctx(gw), _plugins_ctx(gw))
+    )
     app.on_shutdown.append(_drain)
     return app

@@ -6,7 +6,10 @@ settle: usage (or estimates where it is missing) -> cost -> give back the hold -
         debit -> month spend -> usage record queued -> token buckets charged -> hooks.
 
 Used by relay.py (one hold per request), realtime.py (one hold per response of the
-session) and admission.py (step 8). Amounts are nano base units, as in ledger.py.
+session) and admission.py (steps 8 and 9: `admit`). Amounts are nano base units, as in
+ledger.py. With `redis` set (`shared`, hotstate/plane.py) the hold and the rate limits
+are one Redis round trip and so is the settlement; this module still prices the request
+and builds its usage record.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from . import ledger, months, pricing, providers
 from .context import RequestContext
 from .errors import ApiError
 from .store.ops import UsageRecord
+
+MAX_DELTA_N = 2**53 - 1  # hotstate.redis.MAX_DELTA_N (not imported: redis is optional)
 
 
 def cost_usd(ctx: RequestContext, prompt: int, completion: int, cached=0, cache_write=0) -> float:
@@ -32,6 +37,16 @@ class Billing:
     def __init__(self, gw) -> None:
         self.gw = gw
         self.settings = gw.settings
+        self.shared = None  # hotstate.plane.Plane when the money lives in Redis
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Steps 8 and 9: hold the estimate (balance, HardLimits), then the rate limits;
+        403/429 otherwise (a hold taken before a 429 is released by `release`)."""
+        if self.shared is not None:
+            await self.shared.admit(ctx, self.estimate_n(ctx))
+            return
+        self.hold(ctx)
+        ctx.limits = await self.gw.limiter.admit(ctx.account, ctx.config.model_limits, ctx.model)
 
     # -- hold --------------------------------------------------------------------
     def estimate_n(self, ctx: RequestContext) -> int:
@@ -73,11 +88,13 @@ class Billing:
         ledger.hold(acc.chain, estimate_n)
         ctx.reserved_n, ctx.held = estimate_n, acc.chain
 
-    def hold_again(self, ctx: RequestContext) -> bool:
+    async def hold_again(self, ctx: RequestContext) -> bool:
         """A realtime session's next response: reserve again, counted as held by the
         chain like the first; False when the balance no longer covers it."""
         acc = ctx.account
         estimate_n = self.estimate_n(ctx)
+        if self.shared is not None:
+            return await self.shared.hold_again(ctx, estimate_n)
         if not self._reserve(acc, estimate_n):
             return False
         ledger.hold(acc.chain, estimate_n)
@@ -87,13 +104,23 @@ class Billing:
     def _reserve(self, acc, estimate_n: int) -> bool:
         return ledger.reserve(acc, estimate_n, ledger.to_n(self.settings.call_floor, acc.rates))
 
-    @staticmethod
-    def release(ctx: RequestContext) -> None:
+    def release(self, ctx: RequestContext) -> None:
         """Give back what `hold` took; safe on every path, any number of times."""
         if ctx.reserved_n:
+            if self.shared is not None:
+                self.shared.release(ctx)
+                return
             ledger.release(ctx.account, ctx.reserved_n)
             ledger.hold(ctx.held, -ctx.reserved_n)
             ctx.reserved_n = 0
+
+    def settle_deleted(self, acc) -> None:
+        """A deleted account's last request ended: its rest goes to the nearest live ancestor."""
+        if self.shared is None:
+            if ops := self.gw.ledger.settle_deleted(acc):
+                self.gw.store.submit(ops)
+            return
+        self.shared.settle_deleted(acc)
 
     # -- settle ------------------------------------------------------------------
     def settle(self, ctx: RequestContext, scanner, complete: bool) -> None:
@@ -101,7 +128,9 @@ class Billing:
         if ctx.billed:
             return
         ctx.billed = True
-        self.release(ctx)
+        shared = self.shared
+        if shared is None:
+            self.release(ctx)
         _tokens(ctx, scanner, complete)
         acc = ctx.account
         ctx.cost_n = ledger.cost_n(
@@ -113,12 +142,18 @@ class Billing:
                 ctx.cache_write_tokens,
             )
         )
+        if shared is not None:
+            ctx.cost_n = min(ctx.cost_n, MAX_DELTA_N)  # what one Redis delta carries exactly
         ctx.cost = ledger.from_n(ctx.cost_n, acc.rates)
         ledger.count_spend(acc, ctx.cost_n, months.current())
         gw = self.gw
-        gw.store.submit_usage(_usage_record(ctx), gw.ledger.spend(acc, ctx.cost_n))
-        if ctx.limits:
-            gw.limiter.charge(ctx.limits, ctx.prompt_tokens + ctx.completion_tokens)
+        tokens = ctx.prompt_tokens + ctx.completion_tokens
+        if shared is not None:
+            shared.settle(ctx, _usage_record(ctx), tokens)  # hold, debit, buckets: one trip
+        else:
+            gw.store.submit_usage(_usage_record(ctx), gw.ledger.spend(acc, ctx.cost_n))
+            if ctx.limits:
+                gw.limiter.charge(ctx.limits, tokens)
         if gw.hooks.on_usage:
             gw.hooks.on_usage.fire(ctx)  # a raising hook is logged and skipped
 

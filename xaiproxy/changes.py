@@ -41,16 +41,31 @@ Work = Callable[[], tuple[Any, list]]
 
 
 async def commit(state: State, store, work: Work) -> Any:
-    """Run work() and store its unit; if the unit is not stored, memory is taken back."""
+    """Run work() and store its unit; if the unit is not stored, memory is taken back.
+    With money in Redis (`state.moves`), the unit's money moves are made there first."""
+    moves = state.moves
+    if moves is not None:
+        moves.clear()
     with state.recording() as undo:
         result, ops = work()
+    shared = None
+    if moves is not None:
+        try:
+            ops, shared = await moves.before_write(ops)
+        except BaseException:
+            undo()
+            raise
     try:
         await store.write(ops)
     except Exception as exc:
         undo()
+        if shared is not None:
+            await moves.rollback(shared)
         raise ApiError(
             500, "write_failed", "the change could not be stored and was not applied; retry"
         ) from exc
+    if shared is not None:
+        await moves.after_commit(shared)
     return result
 
 

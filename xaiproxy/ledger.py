@@ -166,6 +166,15 @@ def check_amount(amount) -> float:
     return float(amount)
 
 
+def _in_flight() -> ApiError:
+    """Redis mode: requests in flight on other instances hold part of what was to move."""
+    return ApiError(
+        409,
+        "requests_in_flight",
+        "requests in flight hold part of this account's balance; retry when they end",
+    )
+
+
 # -- audit ------------------------------------------------------------------
 async def audit(store) -> dict:
     """Base-unit totals for the invariant; `ok` is True when nothing was lost or made."""
@@ -248,6 +257,25 @@ class Ledger:
         self.state.remember(lambda: _give_back(g, take_n))
         return _grant_delta(g, take_n)
 
+    # Management moves: with the money in Redis (`state.moves`, hotstate/moves.py) each is
+    # also registered, for `changes.commit` to make in Redis first (draws) or after (puts).
+    def _move_out(self, acc: Account, amount_n: int, allow_debt: bool, refusal) -> list:
+        ops = self._draw(acc, amount_n, time.time(), allow_debt)
+        if self.state.moves is not None:
+            self.state.moves.draw(acc, amount_n, allow_debt, ops, refusal)
+        return ops
+
+    def _move_in(self, acc: Account, amount_n: int, days: float, reference: str, now=None):
+        g, op = self.new_grant(acc, amount_n, days, reference, now)
+        if self.state.moves is not None:
+            self.state.moves.put(acc, g)
+        return g, op
+
+    def _credit(self, acc: Account, g: Grant, amount_n: int) -> o.GrantDelta:
+        if self.state.moves is not None:
+            self.state.moves.add(acc, g, amount_n)
+        return self._take(g, -amount_n)
+
     def fund(
         self,
         parent: Account,
@@ -265,14 +293,18 @@ class Ledger:
             raise ApiError(400, "invalid_amount", "the amount must be positive")
         ops: list = []
         if not parent.is_root:
-            if available_n(parent) < amount_n:
-                raise ApiError(
+
+            def refused() -> ApiError:
+                return ApiError(
                     403,
                     "insufficient_balance",
                     f"your balance {balance(parent):.4f} cannot cover {from_n(amount_n, parent.rates):.4f}",
                 )
-            ops += self._draw(parent, amount_n, time.time(), allow_debt=False)
-        _, op = self.new_grant(child, amount_n, DEFAULT_DAYS if days is None else days, kind)
+
+            if available_n(parent) < amount_n:
+                raise refused()
+            ops += self._move_out(parent, amount_n, False, refused)
+        _, op = self._move_in(child, amount_n, DEFAULT_DAYS if days is None else days, kind)
         ops.append(op)
         ops.append(_journal(parent, child, amount_n, 0, kind, operator.id))
         return ops
@@ -295,14 +327,18 @@ class Ledger:
         free_n = max(balance_n(child) - child.reserved_n, 0)
         rates = child.rates if rates is None else rates
         amount_n = to_n(amount, rates)
-        if amount_n > free_n:
-            raise ApiError(
+
+        def refused() -> ApiError:
+            return ApiError(
                 400,
                 "insufficient_balance",
                 f"cannot refund {from_n(amount_n, rates):.4f}: the account holds "
                 f"{from_n(free_n, rates):.4f}",
             )
-        return self._refund_n(child, parent, amount_n, operator, kind, REFUND_FEE)
+
+        if amount_n > free_n:
+            raise refused()
+        return self._refund_n(child, parent, amount_n, operator, kind, REFUND_FEE, refused)
 
     def _refund_n(
         self,
@@ -312,15 +348,16 @@ class Ledger:
         operator: Account,
         kind: str,
         fee: float,
+        refusal=None,
     ) -> tuple[list, float]:
         if amount_n <= 0:
             return [], 0.0
         now = time.time()
-        ops = self._draw(child, amount_n, now, allow_debt=False)
+        ops = self._move_out(child, amount_n, False, refusal or _in_flight)
         fee_n = min(to_n(fee, 1.0), amount_n)
         back_n = amount_n - fee_n
         if back_n > 0 and not parent.is_root:
-            _, op = self.new_grant(parent, back_n, REFUND_DAYS, kind, now)
+            _, op = self._move_in(parent, back_n, REFUND_DAYS, kind, now)
             ops.append(op)
         ops.append(_journal(child, parent, back_n, fee_n, kind, operator.id))
         return ops, from_n(back_n, parent.rates)
@@ -353,12 +390,12 @@ class Ledger:
         if rest_n == 0:
             return []
         owed_n = -rest_n
-        ops = [] if heir.is_root else self._draw(heir, owed_n, time.time(), allow_debt=True)
+        ops = [] if heir.is_root else self._move_out(heir, owed_n, True, _in_flight)
         left = owed_n
         for g in acc.grants:
             if g.remaining_n < 0 and left > 0:
                 pay = min(-g.remaining_n, left)
-                ops.append(self._take(g, -pay))
+                ops.append(self._credit(acc, g, pay))
                 left -= pay
         ops.append(_journal(heir, acc, owed_n, 0, "delete_debt", acc.id))
         return ops

@@ -179,16 +179,20 @@ def admit(scoped: list[Limits]) -> None:
     """Take one request from every scope, or refuse with 429 and Retry-After (taking nothing)."""
     wait = max((s.blocked_for() for s in scoped), default=0.0)
     if wait > 0:
-        headers = headers_for(scoped)
-        headers["Retry-After"] = str(max(math.ceil(wait), 1))
-        raise ApiError(
-            429,
-            "rate_limit_exceeded",
-            f"rate limit reached; retry in {max(math.ceil(wait), 1)} s or ask for a higher limit",
-            headers,
-        )
+        raise refusal(wait, headers_for(scoped))
     for s in scoped:
         s.take_request()
+
+
+def refusal(wait: float, headers: dict[str, str]) -> ApiError:
+    """The 429 of a request that would fit in `wait` seconds (any limiter's)."""
+    seconds = max(math.ceil(wait), 1)
+    return ApiError(
+        429,
+        "rate_limit_exceeded",
+        f"rate limit reached; retry in {seconds} s or ask for a higher limit",
+        {**headers, "Retry-After": str(seconds)},
+    )
 
 
 def charge(scoped: list[Limits], tokens: int) -> None:
@@ -197,7 +201,7 @@ def charge(scoped: list[Limits], tokens: int) -> None:
             s.charge(tokens)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """OpenAI's reset format: 1s, 6m0s, 1h2m3s, 20ms."""
     if seconds < 1:
         return f"{int(seconds * 1000)}ms"
@@ -220,7 +224,7 @@ def headers_for(scoped: list[Limits]) -> dict[str, str]:
             continue
         headers[f"x-ratelimit-limit-{kind}"] = str(int(bucket.max_rate))
         headers[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining())
-        headers[f"x-ratelimit-reset-{kind}"] = _duration(bucket.empty_after())
+        headers[f"x-ratelimit-reset-{kind}"] = duration(bucket.empty_after())
     return headers
 
 
@@ -289,13 +293,21 @@ class MemoryLimiter:
         _compiled.pop(account_id, None)
 
 
-LIMITERS = {"memory": MemoryLimiter}
+class RedisLimiter:
+    """`limiter = "redis"`: the limits are checked with the money in one Redis round trip;
+    the app replaces this placeholder at start (hotstate/plane.py `SharedLimiter`)."""
+
+    def __getattr__(self, name: str):
+        raise RuntimeError("the redis limiter is set up when the app starts")
+
+
+LIMITERS = {"memory": MemoryLimiter, "redis": RedisLimiter}
 
 
 def create(name: str) -> Limiter:
     """The limiter the `limiter` setting names."""
     try:
-        return LIMITERS[name]()
+        return LIMITERS[name or "memory"]()
     except KeyError:
         raise ValueError(
             f"limiter {name!r} is not supported (supported: {', '.join(LIMITERS)})"

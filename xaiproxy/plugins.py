@@ -180,6 +180,7 @@ class Gateway:
         self.streams_open = 0  # data-plane responses being relayed right now (relay.py)
         self.objects = objects.Objects(self)  # who made each stateful provider object
         self.hot = None  # hotstate.redis.RedisState when settings.redis is set (SPEC 12)
+        self.shared = None  # hotstate.wiring.Shared: money and limits in Redis (with `hot`)
 
     # -- registration ----------------------------------------------------
     def route(self, method: str, path: str, handler, **options) -> RouteSpec:

@@ -94,8 +94,7 @@ class Realtime:
         adm.check_models(acc, model)
         adm.route_level(ctx)
         ctx.prompt_estimate = 1
-        self.billing.hold(ctx)
-        ctx.limits = await self.gw.limiter.admit(acc, ctx.config.model_limits, model)
+        await self.billing.admit(ctx)
 
     async def connect(self, ctx: RequestContext) -> aiohttp.ClientWebSocketResponse:
         """The first OpenAI-style key on the model's level chain that accepts the socket."""
@@ -169,14 +168,14 @@ class Realtime:
         async for msg in upstream:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 await client.send_str(msg.data)
-                if DONE in msg.data and not self._settle(ctx, msg.data):
+                if DONE in msg.data and not await self._settle(ctx, msg.data):
                     await self._cut_off(ctx, client)
                     return
             elif msg.type == aiohttp.WSMsgType.BINARY:
                 await client.send_bytes(msg.data)
         await client.close()  # the upstream ended the session
 
-    def _settle(self, ctx: RequestContext, data: str) -> bool:
+    async def _settle(self, ctx: RequestContext, data: str) -> bool:
         """Bill one response.done; False when the balance no longer covers another response."""
         try:
             event = orjson.loads(data)
@@ -206,7 +205,10 @@ class Realtime:
         )
         ctx.reserved_n = 0
         self.billing.settle(one, Usage(usage if isinstance(usage, dict) else None), True)
-        return self.billing.hold_again(ctx)
+        try:
+            return await self.billing.hold_again(ctx)
+        except ApiError:  # the shared state is unreachable: no hold, no next response
+            return False
 
     async def _cut_off(self, ctx: RequestContext, client) -> None:
         ctx.error = "insufficient_balance"

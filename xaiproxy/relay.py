@@ -118,8 +118,7 @@ class Relay:
 
     def _settle_deleted(self, acc) -> None:
         """Deleted mid-request: the last request out settles the rest with the parent."""
-        if ops := self.gw.ledger.settle_deleted(acc):
-            self.gw.store.submit(ops)
+        self.billing.settle_deleted(acc)
 
     def _hold(self, account_id: int) -> None:
         """Take a data-plane slot and one of the account's (SPEC 5), or refuse fast."""

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import credentials
 
-LIMITERS = ("memory",)  # the `limiter` setting's values (limits.create)
+LIMITERS = ("memory", "redis")  # the `limiter` setting's values (limits.create)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,9 @@ class Settings:
     db: str = field(default="./data/xaiproxy.db", repr=False)
     # Redis for the shared hot state of many instances; used by the PostgreSQL backend, coming.
     redis: str = field(default="", repr=False)
-    # Where rate-limit buckets live: "memory" (in-process); "redis" comes with SPEC 12.
-    limiter: str = "memory"
+    # Where rate-limit buckets live: "memory" (in-process) or "redis" (global, checked with
+    # the money in one round trip). Empty: "redis" when `redis` is set, else "memory".
+    limiter: str = ""
     config: str = ""
     root_key: str = ""
     prices: str = ""
@@ -159,11 +160,25 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
             "setting 'root_key' (XAI_ROOT_KEY) must be 'sk-Xvs' followed by 45 characters"
             " of A-Z a-z 0-9 - _ (51 in all); unset it to have one generated"
         )
-    if settings.limiter not in LIMITERS:
-        raise SettingsError(
-            f"limiter {settings.limiter!r} is not supported (supported: {', '.join(LIMITERS)})"
-        )
+    settings = _check_limiter(settings)
     return settings.replace(prices=resolve_prices_path(settings))
+
+
+def _check_limiter(settings: Settings) -> Settings:
+    """With `redis` set, the money and the limits are one Redis round trip: limits there."""
+    name = settings.limiter or ("redis" if settings.redis else "memory")
+    if name not in LIMITERS:
+        raise SettingsError(
+            f"limiter {name!r} is not supported (supported: {', '.join(LIMITERS)})"
+        )
+    if name == "redis" and not settings.redis:
+        raise SettingsError("limiter 'redis' needs the redis setting (XAI_REDIS)")
+    if name == "memory" and settings.redis:
+        raise SettingsError(
+            "limiter 'memory' cannot be used with redis set: the limits are checked in Redis"
+            " with the balance (one round trip); leave limiter unset or set it to 'redis'"
+        )
+    return settings.replace(limiter=name)
 
 
 def _check_db(db: str) -> None:

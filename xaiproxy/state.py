@@ -232,6 +232,7 @@ class State:
         self.keys_version = 0  # bumped on every provider-key change; routing caches on it
         self._next_ids: dict[str, int] = {}
         self._undo: list[Callable[[], None]] | None = None
+        self.moves = None  # hotstate.moves.Moves when money lives in Redis (changes.commit)
 
     # -- undo (a management change whose unit was not stored is taken back) --
     @contextlib.contextmanager

@@ -190,10 +190,13 @@ return {'ok', gen, '0', h[1], h[2], h[3], h[4], h[5], h[6]}
 )
 
 # ARGV: gen at admission, est, cost, tokens, unlimited, C, S, late, month ttl s, 6 limits
-# per scope. Releases the hold (only if Redis still has the generation that took it),
+# per scope, account id. KEYS: admit's, then the `touched` set (accounts whose grants
+# changed, by Redis time: instances refresh their display copies from it).
+# Releases the hold (only if Redis still has the generation that took it),
 # debits the cost, counts it in every chain account's month, charges the token buckets.
 # `late` = a retry whose usage is already in the database: skipped after a rebuild.
-# Idempotent per request (KEYS[4]): a retry gets the first answer.
+# Idempotent per request and generation (KEYS[4] holds "<gen> <reply>"): a retry gets the
+# first answer; after a rebuild the record is stale (the rebuild counted what it did).
 # {'ok', field, take, ...} | {'skipped'} | {'not_loaded'}.
 SETTLE = (
     LIB
@@ -201,7 +204,10 @@ SETTLE = (
 local gen = redis.call('GET', KEYS[1])
 if not gen then return {'not_loaded'} end
 local done = redis.call('GET', KEYS[4])
-if done then return cjson.decode(done) end
+if done then
+  local sp = string.find(done, ' ', 1, true)
+  if string.sub(done, 1, sp - 1) == gen then return cjson.decode(string.sub(done, sp + 1)) end
+end
 local now = now_s()
 local cost, tokens, unlimited = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
 local C, S = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -221,6 +227,7 @@ if same or ARGV[8] ~= '1' then
       redis.call('INCRBY', KEYS[4 + 2 * i], ARGV[3])
       redis.call('EXPIRE', KEYS[4 + 2 * i], ARGV[9])
     end
+    if not unlimited then redis.call('ZADD', KEYS[#KEYS], now, ARGV[#ARGV]) end
   end
   if tokens > 0 then
     for j = 1, S do
@@ -236,29 +243,69 @@ if same or ARGV[8] ~= '1' then
     end
   end
 end
-redis.call('SET', KEYS[4], cjson.encode(reply), 'EX', 86400)
+redis.call('SET', KEYS[4], gen .. ' ' .. cjson.encode(reply), 'EX', 86400)
 return reply
 """
 )
 
 # Management: take `amount` from an account, soonest expiry first, if its balance less
-# what its requests in flight reserved covers it (or always, with allow_debt).
-# KEYS: loaded marker, grants, reserved. ARGV: amount, allow_debt.
-# {'ok', field, take, ...} | {'insufficient_balance', available} | {'not_loaded'}.
+# what its requests in flight reserved covers it (or always, with allow_debt); amount 0:
+# all of it (balance less reservations, if positive).
+# KEYS: loaded marker, grants, reserved, touched. ARGV: amount, allow_debt, account id.
+# {'ok', gen, reserved, field, take, ...} | {'insufficient_balance', available}
+# | {'not_loaded'}.
 DRAW = (
     LIB
     + r"""
-if not redis.call('GET', KEYS[1]) then return {'not_loaded'} end
+local gen = redis.call('GET', KEYS[1])
+if not gen then return {'not_loaded'} end
 local now = now_s()
 local amount = tonumber(ARGV[1])
 local gs = grants(KEYS[2])
-local avail = balance(gs, now) - num(KEYS[3])
+local reserved = num(KEYS[3])
+local avail = balance(gs, now) - reserved
+if amount == 0 then amount = math.max(avail, 0) end
 if ARGV[2] ~= '1' and avail < amount then return {'insufficient_balance', int(avail)} end
-local reply = {'ok'}
-for _, v in ipairs(draw(KEYS[2], gs, amount, now)) do reply[#reply + 1] = v end
+local reply = {'ok', gen, int(reserved)}
+if amount > 0 then
+  for _, v in ipairs(draw(KEYS[2], gs, amount, now)) do reply[#reply + 1] = v end
+  redis.call('ZADD', KEYS[4], now, ARGV[3])
+end
 return reply
 """
 )
+
+# Management, after (or instead of) a unit's commit: put new grants and give amounts back
+# to grants, once (KEYS[4] records the step) and only under the generation that took the
+# money (after a rebuild the database already says what happened).
+# KEYS: loaded marker, grants, touched, step record. ARGV: generation ("" = any), account
+# id, then (grant field, amount, "put"|"add") triples: put = HSETNX; add = HINCRBY on the
+# grant whose id is given in place of the field (none if Redis has no such grant: a
+# give-back lost errs towards less credit, never more). {'ok'} | {'skipped'} | {'not_loaded'}.
+ADJUST = r"""
+local gen = redis.call('GET', KEYS[1])
+if not gen then return {'not_loaded'} end
+if (ARGV[1] ~= '' and ARGV[1] ~= gen) or redis.call('EXISTS', KEYS[4]) == 1 then
+  return {'skipped'}
+end
+local fields = nil
+for i = 3, #ARGV, 3 do
+  local f, amount, mode = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if mode == 'put' then
+    redis.call('HSETNX', KEYS[2], f, amount)
+  else
+    if not fields then fields = redis.call('HKEYS', KEYS[2]) end
+    local suffix = '|' .. f
+    for _, name in ipairs(fields) do
+      if string.sub(name, -#suffix) == suffix then redis.call('HINCRBY', KEYS[2], name, amount) end
+    end
+  end
+end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[3], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[2])
+redis.call('SET', KEYS[4], '1', 'EX', 86400)
+return {'ok'}
+"""
 
 # KEYS: version counter. ARGV: channel, message. The event carries the version it made,
 # so a listener that sees a gap knows it missed one and reloads.

@@ -57,6 +57,15 @@ class Verdict:
 
 
 @dataclass(slots=True)
+class Drawn:
+    """What a management draw took, and under which generation."""
+
+    generation: str
+    reserved_n: int  # the account's reservations when it was taken
+    takes: list[tuple[int, int]]  # (grant id, nano taken); id 0 = debt with no grant
+
+
+@dataclass(slots=True)
 class Snapshot:
     """The money state rebuilt from the source of truth."""
 
@@ -109,7 +118,9 @@ class RedisState:
         self._draw = self.redis.register_script(lua.DRAW)
         self._publish = self.redis.register_script(lua.PUBLISH)
         self._unlock = self.redis.register_script(lua.UNLOCK)
+        self._adjust = self.redis.register_script(lua.ADJUST)
         self.marker = prefix + "loaded"
+        self.touched = prefix + "touched"  # zset: account id -> when its grants last changed
         self.channel = prefix + "changes"
 
     async def close(self) -> None:
@@ -184,8 +195,10 @@ class RedisState:
         args += [len(ask.chain), len(ask.scopes), int(late), MONTH_TTL]
         for _, values in ask.scopes:
             args += values
+        args.append(ask.account_id)
+        keys = self._keys(ask, request_id) + [self.touched]
         async with self._guard():
-            reply = await self._settle(self._keys(ask, request_id), args)
+            reply = await self._settle(keys, args)
         code = _s(reply[0])
         if code == "not_loaded":
             raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
@@ -199,21 +212,84 @@ class RedisState:
         its reservations cannot cover it (and debt is not allowed)."""
         if not 0 < amount_n <= MAX_DELTA_N:
             raise ValueError(f"amount {amount_n} out of range")
+        drawn = await self.take(account_id, amount_n, allow_debt)
+        return None if drawn is None else drawn.takes
+
+    async def take(self, account_id: int, amount_n: int, allow_debt: bool = False) -> Drawn | None:
+        """`draw` with what the caller needs to undo it and to know what it saw: the
+        generation and the account's reservations. amount 0: everything available."""
+        if not 0 <= amount_n <= MAX_DELTA_N:
+            raise ValueError(f"amount {amount_n} out of range")
         keys = [self.marker, self._acc(account_id, "grants"), self._acc(account_id, "reserved")]
         async with self._guard():
-            reply = await self._draw(keys, [amount_n, int(allow_debt)])
+            reply = await self._draw(keys + [self.touched], [amount_n, int(allow_debt), account_id])
         code = _s(reply[0])
         if code == "not_loaded":
             raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
-        return None if code == "insufficient_balance" else _takes(reply[1:])
+        if code == "insufficient_balance":
+            return None
+        return Drawn(_s(reply[1]), int(reply[2]), _takes(reply[3:]))
+
+    async def adjust(
+        self,
+        account_id: int,
+        generation: str,
+        puts: list[tuple[int, int, float]] = (),
+        adds: list[tuple[int, int]] = (),
+        step: str = "",
+    ) -> bool:
+        """Put new grants (grant id, remaining, expires; kept if already there) and add to
+        existing ones (grant id, amount), once per `step` and only under `generation`
+        ("" = any). False when skipped: a rebuild since then, or the step already done."""
+        args: list = [generation, account_id]
+        for grant_id, remaining_n, expires_at in puts:
+            args += [grant_field(grant_id, expires_at), remaining_n, "put"]
+        for grant_id, amount_n in adds:
+            if not -MAX_DELTA_N <= amount_n <= MAX_DELTA_N:
+                raise ValueError(f"amount {amount_n} out of range")
+            args += [grant_id, amount_n, "add"]
+        step = step or secrets.token_hex(8)
+        keys = [self.marker, self._acc(account_id, "grants"), self.touched]
+        async with self._guard():
+            reply = await self._adjust(keys + [f"{self.prefix}step:{step}"], args)
+        code = _s(reply[0])
+        if code == "not_loaded":
+            raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
+        return code == "ok"
 
     async def put_grant(
         self, account_id: int, grant_id: int, remaining_n: int, expires_at: float
     ) -> None:
+        """A new grant; one already there (e.g. loaded by a rebuild) is kept as it is."""
         async with self._guard():
-            await self.redis.hset(
+            await self.redis.hsetnx(
                 self._acc(account_id, "grants"), grant_field(grant_id, expires_at), remaining_n
             )
+
+    async def grants(self, account_ids: list[int]) -> dict[int, dict[int, int]]:
+        """{account: {grant id: remaining}} as Redis holds them now (display copies)."""
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for acc_id in account_ids:
+                pipe.hgetall(self._acc(acc_id, "grants"))
+            raw = await pipe.execute()
+        return {
+            acc_id: {int(_s(f).rsplit("|", 1)[1]): int(v) for f, v in fields.items()}
+            for acc_id, fields in zip(account_ids, raw, strict=True)
+        }
+
+    async def touched_since(self, since: float) -> tuple[float, list[int]]:
+        """(Redis time now, accounts whose grants changed after `since`); forgets entries
+        older than a minute."""
+        async with self._guard():
+            t, ids, _ = await (
+                self.redis.pipeline(transaction=False)
+                .time()
+                .zrangebyscore(self.touched, f"({since!r}", "+inf")
+                .zremrangebyscore(self.touched, "-inf", since - 60)
+                .execute()
+            )
+        return t[0] + t[1] / 1e6, [int(x) for x in ids]
 
     async def balance(self, account_id: int) -> tuple[int, int]:
         """(balance, reserved) in nano base units, as Redis sees them now."""
