@@ -262,7 +262,7 @@ class Ledger:
     def _move_out(self, acc: Account, amount_n: int, allow_debt: bool, refusal) -> list:
         ops = self._draw(acc, amount_n, time.time(), allow_debt)
         if self.state.moves is not None:
-            self.state.moves.draw(acc, amount_n, allow_debt, ops, refusal)
+            self.state.moves.draw(acc, amount_n, allow_debt, list(ops), refusal)
         return ops
 
     def _move_in(self, acc: Account, amount_n: int, days: float, reference: str, now=None):

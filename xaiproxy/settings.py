@@ -168,9 +168,7 @@ def _check_limiter(settings: Settings) -> Settings:
     """With `redis` set, the money and the limits are one Redis round trip: limits there."""
     name = settings.limiter or ("redis" if settings.redis else "memory")
     if name not in LIMITERS:
-        raise SettingsError(
-            f"limiter {name!r} is not supported (supported: {', '.join(LIMITERS)})"
-        )
+        raise SettingsError(f"limiter {name!r} is not supported (supported: {', '.join(LIMITERS)})")
     if name == "redis" and not settings.redis:
         raise SettingsError("limiter 'redis' needs the redis setting (XAI_REDIS)")
     if name == "memory" and settings.redis:

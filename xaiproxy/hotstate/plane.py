@@ -85,8 +85,7 @@ class Plane:
     def ask(self, ctx, estimate_n: int, with_limits: bool = True) -> Ask:
         acc = ctx.account
         chain = tuple(
-            (a.id, ledger.to_n(a.hard_limit, a.rates) if a.hard_limit > 0 else 0)
-            for a in acc.chain
+            (a.id, ledger.to_n(a.hard_limit, a.rates) if a.hard_limit > 0 else 0) for a in acc.chain
         )
         scopes = ()
         if with_limits:
@@ -162,7 +161,9 @@ class Plane:
 
     def _spawn(self, ticket: Ticket, acc, cost_n: int, tokens: int, record) -> None:
         self._track(
-            asyncio.get_running_loop().create_task(self._settle(ticket, acc, cost_n, tokens, record))
+            asyncio.get_running_loop().create_task(
+                self._settle(ticket, acc, cost_n, tokens, record)
+            )
         )
 
     async def _settle(self, ticket: Ticket, acc, cost_n: int, tokens: int, record) -> None:

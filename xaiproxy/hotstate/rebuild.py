@@ -70,7 +70,9 @@ class Rebuilder:
         """Start a rebuild in the background unless one runs or just ran (cheap to call
         on every refusal: while Redis is down each attempt fails at once)."""
         loop = asyncio.get_running_loop()
-        if (self.task is not None and not self.task.done()) or loop.time() - self.tried_at < RETRY_GAP:
+        if (
+            self.task is not None and not self.task.done()
+        ) or loop.time() - self.tried_at < RETRY_GAP:
             return
         self.tried_at = loop.time()
         self.task = loop.create_task(self._run())
