@@ -9,6 +9,7 @@ import pytest
 
 from tests import servers
 from tests.fakes import add_key, add_user, chat, ready
+from xaiproxy.hotstate.plane import SharedLimiter
 from xaiproxy.testing import start_gateway
 
 pytest_plugins = ["tests.fakes_fixtures"]
@@ -57,7 +58,7 @@ async def refusals(api) -> list:
 async def test_refusals_and_headers_are_the_same_as_in_memory(make_gateway, upstream, redis_url):
     memory = await refusals(await ready(make_gateway, upstream))
     api = await ready(make_gateway, upstream, redis=redis_url)
-    assert api.gw.settings.limiter == "redis" and api.gw.shared is not None
+    assert isinstance(api.gw.limiter, SharedLimiter)  # `limiter` unset: follows `redis`
     shared = await refusals(api)
     assert shared == memory
     codes = [x[1]["error"]["code"] if x[1] else 200 for x in shared]
@@ -189,3 +190,32 @@ async def test_redis_down_fails_closed_and_an_empty_one_is_rebuilt(
     assert (await api.gw.ledger.audit(api.gw.store))["ok"]
     assert (await api.put(f"/x-users/{uid}", {"CreditGranted": 5})).status == 200
     assert (await api.gw.hot.balance(uid))[0] == balance + 5 * 10**9
+
+
+async def test_a_settle_that_missed_redis_is_applied_once_when_it_answers(
+    make_gateway, upstream, own_redis
+):
+    """Redis stalls (same generation after): the store gets the usage at once, Redis the
+    settle later, once (the hold is released, the cost debited, nothing counted twice)."""
+    api = await ready(make_gateway, upstream, redis=own_redis.url())
+    uid, key = await add_user(api, credit=20)
+    flying = asyncio.ensure_future(
+        api.post(CHAT, chat(stream=True), key=key, headers={"x-fake-delay": "0.2"})
+    )
+    await asyncio.sleep(0.2)
+    own_redis.freeze(True)
+    try:
+        assert (await flying).status == 200
+        await asyncio.sleep(6)  # the settle's command times out after 5 s
+        await api.gw.store.flush()
+        assert await spent(api, uid) > 0  # the store did not wait for Redis
+        assert api.gw.shared.plane.late
+    finally:
+        own_redis.freeze(False)
+    await settled(api)
+    assert not api.gw.shared.plane.late
+    balance, reserved = await api.gw.hot.balance(uid)
+    assert reserved == 0  # released: applied in the generation that held it
+    assert balance == await store_balance(api, uid) == 20 * 10**9 - await spent(api, uid)
+    assert api.gw.shared.rebuilder.rebuilds == 1  # the first start's only
+    assert (await api.gw.ledger.audit(api.gw.store))["ok"]

@@ -160,13 +160,18 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
             "setting 'root_key' (XAI_ROOT_KEY) must be 'sk-Xvs' followed by 45 characters"
             " of A-Z a-z 0-9 - _ (51 in all); unset it to have one generated"
         )
-    settings = _check_limiter(settings)
+    _check_limiter(settings)
     return settings.replace(prices=resolve_prices_path(settings))
 
 
-def _check_limiter(settings: Settings) -> Settings:
+def limiter_name(settings: Settings) -> str:
+    """The limiter in use: the `limiter` setting, else "redis" when `redis` is set."""
+    return settings.limiter or ("redis" if settings.redis else "memory")
+
+
+def _check_limiter(settings: Settings) -> None:
     """With `redis` set, the money and the limits are one Redis round trip: limits there."""
-    name = settings.limiter or ("redis" if settings.redis else "memory")
+    name = limiter_name(settings)
     if name not in LIMITERS:
         raise SettingsError(f"limiter {name!r} is not supported (supported: {', '.join(LIMITERS)})")
     if name == "redis" and not settings.redis:
@@ -176,7 +181,6 @@ def _check_limiter(settings: Settings) -> Settings:
             "limiter 'memory' cannot be used with redis set: the limits are checked in Redis"
             " with the balance (one round trip); leave limiter unset or set it to 'redis'"
         )
-    return settings.replace(limiter=name)
 
 
 def _check_db(db: str) -> None:
