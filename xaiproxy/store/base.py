@@ -50,6 +50,23 @@ class Store(Protocol):
     async def spend_by_dna_since(self, day: int) -> list[tuple[str, int]]: ...
     async def max_ids(self) -> dict[str, int]: ...
 
+    # -- reloads of one thing (instances following each other's changes, SPEC 12) ----
+    async def load_account(self, account_id: int) -> dict | None:
+        """One account row as `load_accounts` gives it; None when it does not exist."""
+
+    async def load_account_grants(self, account_id: int, now: float) -> list[dict]:
+        """One account's grants as `load_grants` gives them, soonest expiry first."""
+
+    async def load_key(self, key_id: int) -> dict | None:
+        """One provider key row as `load_keys` gives it; None when it does not exist."""
+
+    async def load_config(self, owner_id: int) -> tuple[int, dict[str, str]]:
+        """One owner's (version, {key: JSON text}); (0, {}) when it has none."""
+
+    async def id_block(self, table: str) -> tuple[int, int]:
+        """A block of fresh ids (first, last) for `table` that no other instance sharing
+        this database is ever given; above every id the table has used."""
+
     # -- management reads ------------------------------------------------------
     async def audit_totals(self) -> dict[str, int]: ...
     async def usage_by_day(self, scope: Scope, first: int, end: int) -> list[tuple]: ...

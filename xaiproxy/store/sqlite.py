@@ -329,6 +329,66 @@ class SQLiteStore:
             out[table] = max((n for n in found if n is not None), default=0)
         return out
 
+    async def load_account(self, account_id: int) -> dict | None:
+        rows = await self._dicts("SELECT * FROM accounts WHERE id = ?", (account_id,))
+        return rows[0] if rows else None
+
+    async def load_account_grants(self, account_id: int, now: float) -> list[dict]:
+        return await self._dicts(
+            "SELECT * FROM grants WHERE account_id = ? AND remaining_n != 0"
+            " AND (expires_at > ? OR remaining_n < 0) ORDER BY expires_at",
+            (account_id, now),
+        )
+
+    async def load_key(self, key_id: int) -> dict | None:
+        rows = await self._dicts("SELECT * FROM provider_keys WHERE id = ?", (key_id,))
+        return rows[0] if rows else None
+
+    async def load_config(self, owner_id: int) -> tuple[int, dict[str, str]]:
+        version = await self.scalar(
+            "SELECT version FROM config_version WHERE owner_id = ?", (owner_id,)
+        )
+        rows = await self._tuples(
+            "SELECT key, value FROM owner_config WHERE owner_id = ?", (owner_id,)
+        )
+        return version or 0, dict(rows)
+
+    async def id_block(self, table: str) -> tuple[int, int]:
+        """The next ID_BLOCK ids of `table`, from a counter row taken in its own write
+        transaction: processes sharing the file never get the same block."""
+        if not tables.NAME.fullmatch(table):
+            raise ValueError(f"no ids for {table!r}: not a table name")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._exec, self._id_block, table)
+
+    def _id_block(self, table: str) -> tuple[int, int]:
+        conn = self._conn
+        conn.execute(ID_BLOCKS_SQL)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT next FROM id_blocks WHERE name = ?", (table,)).fetchone()
+            first = max(row[0] if row else 1, self._max_used(conn, table) + 1)
+            conn.execute(
+                "INSERT OR REPLACE INTO id_blocks (name, next) VALUES (?, ?)",
+                (table, first + ID_BLOCK),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return first, first + ID_BLOCK - 1
+
+    def _max_used(self, conn: sqlite3.Connection, table: str) -> int:
+        """The highest id `table` has used (ids written without blocks too)."""
+        sources = ID_SOURCES.get(table)
+        if sources is None:
+            known = self.tables.known.get(table)
+            if known is None or "id" not in {c.name for c in known.columns}:
+                return 0
+            sources = (f"SELECT MAX(id) FROM {table}",)
+        found = [conn.execute(sql).fetchone()[0] for sql in sources]
+        return max((n for n in found if n is not None), default=0)
+
     async def audit_totals(self) -> dict[str, int]:
         """Base-unit totals for the money invariant (see ledger.audit)."""
         return {name: await self.scalar(sql) for name, sql in AUDIT_SQL.items()}
@@ -481,6 +541,11 @@ ID_SOURCES = {
         "SELECT MAX(target_id) FROM op_logs WHERE action = 'add_key'",
     ),
 }
+# Blocks of ids for instances sharing the file (store.id_block), created on first use.
+ID_BLOCK = 1000
+ID_BLOCKS_SQL = (
+    "CREATE TABLE IF NOT EXISTS id_blocks (name TEXT PRIMARY KEY, next INTEGER NOT NULL)"
+)
 AUDIT_SQL = {
     "minted_n": "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE from_id = 1",
     "returned_n": "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE to_id = 1",
@@ -611,7 +676,8 @@ RENDER = {
     o.ObjectPut: lambda op: [_insert("objects", _fields(op), "INSERT OR IGNORE")],
     o.ConfigSet: _config_set,
     o.OpLog: lambda op: [_insert("op_logs", _fields(op))],
-    o.IdempotencyPut: lambda op: [_insert("idempotency", _fields(op), "INSERT OR REPLACE")],
+    # A plain insert: a second record of a live key fails its unit (the last defence).
+    o.IdempotencyPut: lambda op: [_insert("idempotency", _fields(op))],
     o.IdempotencyPrune: lambda op: [
         ("DELETE FROM idempotency WHERE created_at <= ?", (op.before,))
     ],
