@@ -74,6 +74,8 @@ KEY_COLUMNS = [
     "created_at",
     "updated_at",
 ]
+# What `refresh` leaves alone: identity, and the place in the tree (relink derives it).
+REFRESH_SKIP = frozenset(("id", "parent_id", "dna", "level", "name", "email", "key_hash"))
 BOOL_COLUMNS = ("status", "owner", "suspended", "auto_quota")  # stored as 0/1
 JSON_COLUMNS = ("model_limits", "model_mapper", "level_mapper")  # stored as JSON text
 # ASCII digits only: str.isdigit() and \d also take "²" or "٣" (then int() fails or differs).
@@ -210,13 +212,21 @@ class ProviderKey:
 @dataclass(slots=True)
 class Undo:
     """The inverses of one management change, run newest first. Each is a delta or a
-    re-link, so data-plane changes made meanwhile (spends, reservations) are kept."""
+    re-link, so data-plane changes made meanwhile (spends, reservations) are kept.
+    `after`: what to do once the change is stored (`State.on_commit`)."""
 
     steps: list[Callable[[], None]]
+    after: list[Callable[[], None]] = field(default_factory=list)
 
     def __call__(self) -> None:
+        self.after.clear()
         while self.steps:
             self.steps.pop()()
+
+    def committed(self) -> None:
+        self.steps.clear()
+        while self.after:
+            self.after.pop(0)()
 
 
 class State:
@@ -231,7 +241,8 @@ class State:
         self.configs: dict[int, Any] = {}  # owner id -> ownerconf.OwnerConfig
         self.keys_version = 0  # bumped on every provider-key change; routing caches on it
         self._next_ids: dict[str, int] = {}
-        self._undo: list[Callable[[], None]] | None = None
+        self.ids = None  # ids.IdBlocks when instances share the database (SPEC 12)
+        self._undo: Undo | None = None
         self.moves = None  # hotstate.moves.Moves when money lives in Redis (changes.commit)
 
     # -- undo (a management change whose unit was not stored is taken back) --
@@ -239,7 +250,7 @@ class State:
     def recording(self) -> Iterator[Undo]:
         """Collect the inverse of every change made inside; a failure inside undoes them."""
         undo = Undo([])
-        self._undo = undo.steps
+        self._undo = undo
         try:
             yield undo
         except BaseException:
@@ -252,16 +263,27 @@ class State:
     def remember(self, inverse: Callable[[], None]) -> None:
         """Register how to take back a change just made (a no-op outside `recording`)."""
         if self._undo is not None:
-            self._undo.append(inverse)
+            self._undo.steps.append(inverse)
 
-    # -- id allocation (one process owns the store) ------------------------
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Run fn once the change being made is stored (at once outside `recording`)."""
+        if self._undo is not None:
+            self._undo.after.append(fn)
+        else:
+            fn()
+
+    # -- id allocation (one process owns the store, or blocks from it: ids.py) --
     def next_id(self, table: str) -> int:
+        if self.ids is not None:
+            return self.ids.next(table)
         value = self._next_ids.get(table, 1)
         self._next_ids[table] = value + 1
         return value
 
     def seed_id(self, table: str, max_id: int | None) -> None:
         self._next_ids[table] = max(self._next_ids.get(table, 1), (max_id or 0) + 1)
+        if self.ids is not None:
+            self.ids.want(table)
 
     # -- accounts ----------------------------------------------------------
     @property
@@ -317,6 +339,22 @@ class State:
         acc.parent, acc.parent_id = parent, parent.id
         parent.children[acc.id] = acc
         self.relink(acc)
+
+    def refresh(self, acc: Account, values: dict) -> None:
+        """Set an account's stored fields as another instance left them (sync.py): indexes,
+        matchers and the tree follow; money and runtime fields stay this instance's own."""
+        self.rename(acc, values["name"], values["email"])
+        if values["key_hash"] != acc.key_hash:
+            self.set_key(acc, values["key_hash"], values["key_prefix"])
+        parent_id, owner = values["parent_id"], acc.owner
+        for column in ACCOUNT_COLUMNS:
+            if column not in REFRESH_SKIP:
+                setattr(acc, column, values[column])
+        acc.compile()
+        if parent_id != acc.parent_id and parent_id in self.accounts:
+            self.reparent(acc, self.accounts[parent_id])
+        elif owner != acc.owner:
+            self.relink(acc)
 
     def relink(self, acc: Account) -> None:
         """Recompute chain, DNA, level and owner for acc and its whole subtree (no recursion:
