@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 
 import orjson
 
-from . import credentials, ledger, months, vendors
+from . import credentials, ledger, months, sync, vendors
 from .ownerconf import OwnerConfig
 from .state import (
     ACCOUNT_COLUMNS,
@@ -28,16 +29,12 @@ log = logging.getLogger("xaiproxy.boot")
 async def load(gw) -> str | None:
     """Fill gw.state from the store. Returns root's key when it was generated just now."""
     store, state = gw.store, gw.state
-    new_root_key = None
-    if not await store.count_accounts():
-        new_root_key = await _create_root(gw)
+    if gw.hot is not None:  # instances share the database: ids in blocks, changes followed
+        gw.sync = sync.Sync(gw)
+        await gw.sync.begin()
+    new_root_key = await _first_start(gw)  # and the secret box
     for row in await store.load_accounts():
-        values = {c: row[c] for c in ACCOUNT_COLUMNS}
-        for column in JSON_COLUMNS:
-            values[column] = orjson.loads(values[column] or "{}")
-        for column in BOOL_COLUMNS:
-            values[column] = bool(values[column])
-        state.add_account(Account(**values))
+        state.add_account(Account(**account_values(row)))
     now = time.time()
     for row in await store.load_grants(now):
         acc = state.accounts.get(row["account_id"])
@@ -54,7 +51,40 @@ async def load(gw) -> str | None:
     # Ids are never reused: deleted accounts and keys live on in usage and grants.
     for table, max_id in (await store.max_ids()).items():
         state.seed_id(table, max_id)
+    if gw.sync is not None:
+        await gw.sync.start()
     return new_root_key
+
+
+def account_values(row: dict) -> dict:
+    """An account row as Account's fields."""
+    values = {c: row[c] for c in ACCOUNT_COLUMNS}
+    for column in JSON_COLUMNS:
+        values[column] = orjson.loads(values[column] or "{}")
+    for column in BOOL_COLUMNS:
+        values[column] = bool(values[column])
+    return values
+
+
+def open_key(box: credentials.SecretBox, row: dict) -> ProviderKey:
+    """A provider key row as a ProviderKey, its secret and Config opened."""
+    values = {c: row[c] for c in KEY_COLUMNS}
+    values["secret"] = box.open(values["secret"])
+    values["status"] = bool(values["status"])
+    values["config"] = box.open_config(orjson.loads(values["config"] or "{}"))
+    values["type"] = values["type"] or vendors.infer(values["provider"])
+    return ProviderKey(**values)
+
+
+async def _first_start(gw) -> str | None:
+    """Open the secret box; root's new key when the database has no account yet (root is
+    created now). Instances starting together on a fresh database take turns: one makes
+    root and the box's salt, the others read them."""
+    async with contextlib.AsyncExitStack() as stack:
+        if gw.sync is not None:
+            await stack.enter_async_context(gw.sync.locked("boot"))
+        gw.box = await _open_box(gw)
+        return None if await gw.store.count_accounts() else await _create_root(gw)
 
 
 async def _open_box(gw) -> credentials.SecretBox:
@@ -70,16 +100,11 @@ async def _open_box(gw) -> credentials.SecretBox:
 
 async def _load_keys(gw) -> None:
     """Provider keys, opened; any sealed the old way (or not at all) is sealed again now."""
-    box = gw.box = await _open_box(gw)
+    box = gw.box
     reseal = []
     for row in await gw.store.load_keys():
-        values = {c: row[c] for c in KEY_COLUMNS}
-        stored, config = values["secret"], orjson.loads(values["config"] or "{}")
-        values["secret"] = box.open(stored)
-        values["status"] = bool(values["status"])
-        values["config"] = box.open_config(config)
-        values["type"] = values["type"] or vendors.infer(values["provider"])
-        key = ProviderKey(**values)
+        stored, config = row["secret"], orjson.loads(row["config"] or "{}")
+        key = open_key(box, row)
         gw.state.put_key(key)
         if box.stale(stored) or box.config_stale(config):
             sealed = orjson.dumps(box.seal_config(key.config)).decode()

@@ -40,9 +40,12 @@ COMPILED = {
 Work = Callable[[], tuple[Any, list]]
 
 
-async def commit(state: State, store, work: Work) -> Any:
+async def commit(state: State, store, work: Work, sync=None) -> Any:
     """Run work() and store its unit; if the unit is not stored, memory is taken back.
-    With money in Redis (`state.moves`), the unit's money moves are made there first."""
+    With money in Redis (`state.moves`), the unit's money moves are made there first.
+    Once stored, other instances are told what changed (`sync`, when they exist)."""
+    if state.ids is not None:
+        await state.ids.ready()  # ids shared with other instances: have some at hand
     moves = state.moves
     if moves is not None:
         moves.clear()
@@ -66,6 +69,9 @@ async def commit(state: State, store, work: Work) -> Any:
         ) from exc
     if shared is not None:
         await moves.after_commit(shared)
+    undo.committed()
+    if sync is not None:
+        await sync.announce(ops)
     return result
 
 
@@ -78,7 +84,7 @@ class Changes:
 
     async def commit(self, work: Work) -> Any:
         """work()'s result once its unit is stored; 500 `write_failed`, memory as it was, if not."""
-        return await commit(self.state, self.gw.store, work)
+        return await commit(self.state, self.gw.store, work, self.gw.sync)
 
     # -- accounts ----------------------------------------------------------------
     def create(self, acc: Account) -> list:
@@ -169,6 +175,8 @@ class Changes:
             setattr(key, attr, value)
         if values.get("status") is True:
             key.sleep_until, key.sleep_reason = 0.0, ""
+            if self.gw.sync is not None:  # the other instances wake it too
+                self.state.on_commit(lambda: self.gw.sync.wake_key(key.id))
         key.updated_at = time.time()
         self.state.put_key(key)
         row = self._key_row(key)

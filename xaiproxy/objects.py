@@ -269,6 +269,10 @@ class Objects:
                 ops.append(o.ObjectPut(owner_id, object_id, *maker, now))
         if ops:
             self.gw.store.submit(ops)
+            if self.gw.sync is not None:  # the other instances serve these objects too
+                for op in ops:
+                    row = [owner_id, op.object_id, *maker]
+                    self.gw.sync.share("object", orjson.dumps(row).decode())
 
     def filter(self, ctx, body: bytes) -> bytes:
         """A list answer with only the items the caller may see (fails closed)."""

@@ -181,6 +181,7 @@ class Gateway:
         self.objects = objects.Objects(self)  # who made each stateful provider object
         self.hot = None  # hotstate.redis.RedisState when settings.redis is set (SPEC 12)
         self.shared = None  # hotstate.wiring.Shared: money and limits in Redis (with `hot`)
+        self.sync = None  # sync.Sync: follows other instances' changes, with `hot`
 
     # -- registration ----------------------------------------------------
     def route(self, method: str, path: str, handler, **options) -> RouteSpec:

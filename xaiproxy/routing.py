@@ -79,6 +79,8 @@ class Router:
         key.sleep_until = time.time() + seconds
         key.sleep_reason = reason
         self.gw.store.submit([KeySleep(key.id, key.sleep_until, reason)])
+        if self.gw.sync is not None:  # every instance skips it (in the background)
+            self.gw.sync.sleep_key(key.id, seconds, reason)
         if self.gw.metrics is not None:
             self.gw.metrics.key_slept(key, reason)
 
@@ -86,6 +88,8 @@ class Router:
         """End a key's rest (a probe found it answering again)."""
         key.sleep_until, key.sleep_reason = 0.0, ""
         self.gw.store.submit([KeySleep(key.id, 0.0, "")])
+        if self.gw.sync is not None:
+            self.gw.sync.wake_key(key.id)
 
     # -- addresses ----------------------------------------------------------
     def base(self, key: ProviderKey) -> str:
