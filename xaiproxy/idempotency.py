@@ -9,7 +9,12 @@ so a crash can never keep one without the other. A later call with the same key:
 - and a different request is refused with 409 `idempotency_conflict`.
 
 Concurrent duplicates never both apply: while a key is in flight, a second call
-with it waits for the first to finish and then replays (or conflicts).
+with it waits for the first to finish and then replays (or conflicts). Across
+instances (SPEC 12) the key is also locked in Redis while it runs: a second instance
+waits up to `WAIT` seconds for the first's recorded answer, else answers 409
+`idempotency_in_progress`. Records are unique per (account, key) in the database,
+the last line of defence: a second unit with the key fails, and its caller replays
+the first one's answer.
 Only successful answers are recorded: a refused call changed nothing and may be
 retried with the same key. Keys are scoped to the calling account and kept for
 `TTL` seconds: records past it are pruned at start and then at most every
@@ -20,6 +25,7 @@ holds a client secret (see `redact`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -31,11 +37,14 @@ from aiohttp import web
 
 from . import changes, responses
 from .errors import ApiError
+from .hotstate import StateUnavailable
 from .store import ops as o
 
 HEADER = "Idempotency-Key"
 TTL = 24 * 3600.0
 PRUNE_EVERY = 3600.0
+LOCK_TTL = 60.0  # a lock outlives any unit's commit; it expires if its instance dies
+WAIT = 20.0  # how long a duplicate waits for the first instance's answer
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,200}")
 
 # work() -> (answer, ops, status): checks and mutates memory synchronously, returns
@@ -65,9 +74,10 @@ def redact(answer: Any) -> Any:
 class Guard:
     """Runs money movements so that an Idempotency-Key applies them at most once."""
 
-    def __init__(self, store, state) -> None:
-        self.store = store
-        self.state = state
+    def __init__(self, gw) -> None:
+        self.gw = gw  # gw.sync (set at start when instances share the database)
+        self.store = gw.store
+        self.state = gw.state
         self.inflight: dict[tuple[int, str], asyncio.Future] = {}
         self.pruned_at = 0.0
 
@@ -92,29 +102,57 @@ class Guard:
         done = asyncio.get_running_loop().create_future()
         self.inflight[slot] = done
         try:
-            return await self._once(slot, fingerprint(request, body), work)
+            async with self._locked(slot):
+                return await self._once(slot, fingerprint(request, body), work)
         finally:
             del self.inflight[slot]
             done.set_result(None)
 
+    @contextlib.asynccontextmanager
+    async def _locked(self, slot: tuple[int, str]):
+        """The key's lock across instances, while its first call runs (Redis unreachable:
+        the database's uniqueness alone keeps a duplicate from applying)."""
+        hot, token = self.gw.hot if self.gw.sync is not None else None, None
+        if hot is not None:
+            name = f"idem:{slot[0]}:{hashlib.sha256(slot[1].encode()).hexdigest()[:32]}"
+            deadline = time.monotonic() + WAIT
+            try:
+                while (token := await hot.lock(name, LOCK_TTL)) is None:
+                    if time.monotonic() > deadline:
+                        raise ApiError(
+                            409,
+                            "idempotency_in_progress",
+                            f"a request with this {HEADER} is still being applied; retry later",
+                        )
+                    await asyncio.sleep(0.05)
+            except StateUnavailable:
+                token = None
+        try:
+            yield
+        finally:
+            if token is not None:
+                with contextlib.suppress(StateUnavailable):
+                    await hot.unlock(name, token)
+
     async def _once(self, slot: tuple[int, str], print_: str, work: Work) -> web.Response:
         row = await self.store.idempotency_get(*slot, time.time() - TTL)
         if row is not None:
-            if row["fingerprint"] != print_:
-                raise ApiError(
-                    409,
-                    "idempotency_conflict",
-                    f"this {HEADER} was already used for a different request; use a new key",
-                )
-            return responses.encoded(
-                row["response"], row["status"], {"Idempotent-Replayed": "true"}
-            )
+            return _replay(row, print_)
 
         def record(answer, status: int) -> list:
             stored = orjson.dumps(redact(answer), option=orjson.OPT_NON_STR_KEYS)
-            return [o.IdempotencyPut(*slot, print_, status, stored, time.time())]
+            # Expired records go first, so the insert fails only on a live duplicate.
+            now = time.time()
+            return [_prune_op(), o.IdempotencyPut(*slot, print_, status, stored, now)]
 
-        answer, _ops, status = await self._apply(work, record)
+        try:
+            answer, _ops, status = await self._apply(work, record)
+        except ApiError as exc:
+            # Another instance recorded this key meanwhile: its unit applied, this one not.
+            row = await self.store.idempotency_get(*slot, time.time() - TTL)
+            if exc.code != "write_failed" or row is None:
+                raise
+            return _replay(row, print_)
         return responses.json(answer, status)
 
     async def _apply(self, work: Work, extra: Callable[[Any, int], list]):
@@ -125,12 +163,23 @@ class Guard:
             ops = [*ops, *extra(answer, status)]
             return (answer, ops, status), ops
 
-        return await changes.commit(self.state, self.store, unit)
+        return await changes.commit(self.state, self.store, unit, self.gw.sync)
 
     async def prune(self) -> None:
         """Forget records past their TTL (run at start)."""
         self.pruned_at = time.time()
         await self.store.write([_prune_op()])
+
+
+def _replay(row: dict, print_: str) -> web.Response:
+    """The recorded answer again, or 409 if the key came with a different request."""
+    if row["fingerprint"] != print_:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            f"this {HEADER} was already used for a different request; use a new key",
+        )
+    return responses.encoded(row["response"], row["status"], {"Idempotent-Replayed": "true"})
 
 
 def _prune_op() -> o.IdempotencyPrune:
@@ -141,6 +190,6 @@ def guard(gw) -> Guard:
     """The gateway's one Guard (created on first use; pruned at start)."""
     g = getattr(gw, "idempotency", None)
     if g is None:
-        g = gw.idempotency = Guard(gw.store, gw.state)
+        g = gw.idempotency = Guard(gw)
         gw.on_startup(g.prune)
     return g
