@@ -248,3 +248,23 @@ async def test_a_record_committed_first_elsewhere_is_replayed(aiohttp_server, tm
         assert [row["status"] for row in rows] == [201]
     finally:
         await api.close()
+
+
+async def test_an_object_made_through_a_is_its_makers_on_b(pair, make_upstream):
+    from tests.test_objects import ENABLED, upload
+
+    a, b = pair
+    fake = await make_upstream()
+    await add_key(a, fake)
+    r = await a.put("/x-config", {"RESOURCES": ENABLED})
+    assert r.status == 200, r.body
+    uid, key = await add_user(a, credit=10)
+    other, other_key = await add_user(a, credit=10)
+    await within(1.0, authenticates(b, other_key))
+    file_id = await upload(a, key)
+
+    async def known():
+        return (await b.get(f"/v1/files/{file_id}", key=key)).status == 200
+
+    await within(1.0, known)
+    assert (await b.get(f"/v1/files/{file_id}", key=other_key)).status == 404

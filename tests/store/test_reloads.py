@@ -43,9 +43,10 @@ async def test_id_blocks_start_above_every_used_id_and_never_overlap(make_store)
     blocks = await asyncio.gather(
         *(s.id_block(t) for s in (first, second) * 5 for t in ("accounts", "provider_keys"))
     )
+    names = ("accounts", "provider_keys") * 10
     for table, low in (("accounts", 3), ("provider_keys", 12)):
-        mine = sorted(b for b, t in zip(blocks, ("accounts", "provider_keys") * 10) if t == table)
+        mine = sorted(b for b, t in zip(blocks, names, strict=True) if t == table)
         assert mine[0][0] > low and all(lo <= hi for lo, hi in mine)
-        assert all(a[1] < b[0] for a, b in zip(mine, mine[1:]))  # disjoint
+        assert all(a[1] < b[0] for a, b in zip(mine, mine[1:], strict=False))  # disjoint
     with pytest.raises(ValueError):
         await first.id_block("no such; table")
