@@ -154,7 +154,7 @@ def _change(gw, caller: Account, acc: Account, body: dict, values: dict, amount:
         changed = ", ".join(sorted(uf.updates(values)))
         ops.append(gw.oplog(caller, "update_user", acc.id, f"changed {changed}"))
     _follow_credit(acc, amount, values, edit.hard_cap(values.get("rates", acc.rates)))
-    ops[:0] = gw.changes.update(acc, values)
+    ops[:0] = gw.changes.update(acc, values | {"credit_granted": acc.credit_granted})
     user = {"ID": acc.id, "Updates": uf.updates(values) | extra}
     return {"Action": "update", "User": user, "Parent": uf.money(acc.parent)}, ops, 200
 

@@ -268,3 +268,25 @@ async def test_an_object_made_through_a_is_its_makers_on_b(pair, make_upstream):
 
     await within(1.0, known)
     assert (await b.get(f"/v1/files/{file_id}", key=other_key)).status == 404
+
+
+async def test_an_update_writes_only_the_fields_it_sets(aiohttp_server, tmp_path):
+    """Two instances on one file, B's memory stale (no Redis, no events): B's recharge
+    must not write back the name A just changed (a whole-row write did)."""
+    db = tmp_path / "shared.db"
+    a = await start_gateway(aiohttp_server, db)
+    uid, _ = await add_user(a, credit=5)
+    b = await start_gateway(aiohttp_server, db)
+    try:
+        r = await a.put(f"/x-users/{uid}", {"Name": "renamed"})
+        assert r.status == 200, r.body
+        r = await b.put(f"/x-users/{uid}", {"CreditGranted": 3, "BillingEmail": "b@x.test"})
+        assert r.status == 200, r.body
+        await a.gw.store.flush()
+        await b.gw.store.flush()
+        row = await a.gw.store.load_account(uid)
+        assert row["name"] == "renamed" and row["billing_email"] == "b@x.test", row
+        assert row["credit_granted"] == 8
+    finally:
+        await a.close()
+        await b.close()

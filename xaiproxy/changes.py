@@ -13,6 +13,7 @@ management write goes through it (the idempotency guard does too).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,20 +47,27 @@ async def commit(state: State, store, work: Work, sync=None) -> Any:
     Once stored, other instances are told what changed (`sync`, when they exist)."""
     if state.ids is not None:
         await state.ids.ready()  # ids shared with other instances: have some at hand
-    moves = state.moves
-    if moves is not None:
-        moves.clear()
-    with state.recording() as undo:
-        result, ops = work()
-    shared = None
-    if moves is not None:
-        try:
-            ops, shared = await moves.before_write(ops)
-        except BaseException:
-            undo()
-            raise
+    moves, shared = state.moves, None
+    if moves is None:
+        with state.recording() as undo:
+            result, ops = work()
+        stored = _queue(store, ops)
+    else:
+        # The draws await Redis between work() and the queueing: one unit at a time, so
+        # units reach the writer in the order memory saw them (a later unit's row never
+        # lands under an earlier one's).
+        async with moves.order:
+            moves.clear()
+            with state.recording() as undo:
+                result, ops = work()
+            try:
+                ops, shared = await moves.before_write(ops)
+            except BaseException:
+                undo()
+                raise
+            stored = _queue(store, ops)
     try:
-        await store.write(ops)
+        await stored
     except Exception as exc:
         undo()
         if shared is not None:
@@ -73,6 +81,16 @@ async def commit(state: State, store, work: Work, sync=None) -> Any:
     if sync is not None:
         await sync.announce(ops)
     return result
+
+
+def _queue(store, ops: list) -> asyncio.Future:
+    """The unit queued for the writer now; a unit the backend cannot render fails its future."""
+    try:
+        return store.submit(ops, wait=True)
+    except Exception as exc:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(exc)
+        return fut
 
 
 class Changes:
@@ -118,14 +136,9 @@ class Changes:
         if "owner" in values:
             state.relink(acc)
         acc.updated_at = time.time()
-        return [self.saved(acc)]
-
-    @staticmethod
-    def saved(acc: Account) -> o.AccountSet:
-        """The account's whole stored row, as an update."""
+        # Only the columns set: another instance may be changing other fields of this account.
         row = acc.row()
-        del row["id"]
-        return o.AccountSet(acc.id, row)
+        return [o.AccountSet(acc.id, {c: row[c] for c in (*values, "updated_at") if c in row})]
 
     def delete(self, acc: Account) -> tuple[list, list[Account]]:
         """Drop acc (its money already moved by the ledger); its children move up.

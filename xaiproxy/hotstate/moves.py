@@ -18,6 +18,7 @@ store refused gives its draws back.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class Moves:
         self.gw = gw
         self.hot = gw.hot
         self.plane = plane
+        self.order = asyncio.Lock()  # changes.commit: one money unit at a time, in order
         self.draws: list[Draw] = []
         self.puts: list = []
         self.adds: list = []
