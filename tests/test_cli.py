@@ -92,10 +92,10 @@ async def test_a_bad_price_table_is_a_clear_error_not_a_traceback(tmp_path, comm
     assert not (tmp_path / "x.db").exists()
 
 
-async def test_a_postgresql_database_is_refused_until_that_backend_exists(tmp_path):
+async def test_a_postgresql_database_without_redis_is_refused(tmp_path):
     env = clean_env(XAI_DB="postgresql://xaiproxy:pw@db/xaiproxy")
     code, out, err = await run([*CHECKOUT, "serve"], cwd=tmp_path, env=env)
-    assert code == 2 and "only SQLite" in err and "pw@" not in err, out + err
+    assert code == 2 and "needs the 'redis' setting" in err and "pw@" not in err, out + err
     assert not list(tmp_path.iterdir())  # no directory named after the URL
 
 

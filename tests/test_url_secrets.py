@@ -46,10 +46,20 @@ def test_mask_url_hides_the_password_and_keeps_the_rest(url, shown):
     assert SECRET not in mask_url(url)
 
 
-def test_a_postgresql_db_is_refused_for_now_without_showing_its_password():
-    with pytest.raises(SettingsError) as err:
-        settings_mod.load(env={"XAI_DB": f"postgresql://xai:{SECRET}@h/gw"})
-    assert SECRET not in str(err.value) and "xai:****@h/gw" in str(err.value)
+def test_a_postgresql_db_needs_redis_and_the_refusal_hides_its_password():
+    for scheme in ("postgresql", "postgres"):
+        with pytest.raises(SettingsError) as err:
+            settings_mod.load(env={"XAI_DB": f"{scheme}://xai:{SECRET}@h/gw"})
+        message = str(err.value)
+        assert SECRET not in message and "xai:****@h/gw" in message
+        assert "'redis'" in message and "XAI_REDIS" in message
+    redis = f"redis://:{SECRET}@r:6379/0"
+    settings = settings_mod.load(
+        env={"XAI_DB": f"postgresql://xai:{SECRET}@h/gw", "XAI_REDIS": redis}
+    )
+    assert settings.db.startswith("postgresql://") and SECRET not in repr(settings)
+    with pytest.raises(SettingsError, match="not a supported database"):
+        settings_mod.load(env={"XAI_DB": f"mysql://xai:{SECRET}@h/gw"})
     settings = settings_mod.load(env={"XAI_REDIS": f"redis://:{SECRET}@h:6379/0"})
     assert settings.redis.endswith("@h:6379/0") and SECRET not in repr(settings)
 
@@ -75,6 +85,18 @@ async def test_serve_never_prints_a_password(tmp_path):
     out = (await proc.stdout.read()).decode()
     assert await proc.wait() == 2
     assert "xai:****@127.0.0.1:9/gw" in out and SECRET not in out
+
+    # With Redis set, PostgreSQL is accepted; a database that cannot be reached stops
+    # the start with one line naming it, masked.
+    env["XAI_REDIS"] = f"redis://:{SECRET}@127.0.0.1:9/0"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "xaiproxy", "serve", "--port", "0", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    out = (await proc.stdout.read()).decode()
+    assert await proc.wait() == 2, out
+    assert "database postgresql://xai:****@127.0.0.1:9/gw: cannot connect" in out, out
+    assert SECRET not in out and "Traceback" not in out
 
     proc, _ = await start(
         tmp_path / "gw.db",

@@ -154,7 +154,7 @@ def load(config: str | None = None, env: dict | None = None, **overrides) -> Set
         if raw is not None:
             values[key] = _cast(key, getattr(base, key), raw)
     settings = Settings(**values)
-    _check_db(settings.db)
+    _check_db(settings)
     if settings.root_key and not credentials.is_client_key(settings.root_key):
         raise SettingsError(
             "setting 'root_key' (XAI_ROOT_KEY) must be 'sk-Xvs' followed by 45 characters"
@@ -183,12 +183,19 @@ def _check_limiter(settings: Settings) -> None:
         )
 
 
-def _check_db(db: str) -> None:
+def _check_db(settings: Settings) -> None:
+    db = settings.db
     scheme = db.split("://", 1)[0].lower() if "://" in db else ""
-    if scheme not in ("", "sqlite"):
+    if scheme in ("postgresql", "postgres"):
+        if not settings.redis:
+            raise SettingsError(
+                f"db {mask_url(db)}: PostgreSQL (many instances) needs the 'redis' setting"
+                " (XAI_REDIS) for the state they share; set both (docs/SCALING.md)"
+            )
+    elif scheme not in ("", "sqlite"):
         raise SettingsError(
-            f"db {mask_url(db)}: only SQLite is supported so far (a file path);"
-            " the PostgreSQL store is coming (docs/SCALING.md)"
+            f"db {mask_url(db)}: not a supported database (a SQLite file path, or a"
+            " postgresql:// URL with the 'redis' setting)"
         )
 
 

@@ -1,7 +1,8 @@
 """The store contract: every backend runs these tests unchanged.
 
-A backend joins by adding a `db` factory to BACKENDS (PostgreSQL: a scratch database
-URL, skipped where none is configured). The tests use only `xaiproxy.store.base.Store`.
+`make_store` is parametrized over BACKENDS: SQLite (a file in tmp_path) and PostgreSQL
+(a fresh database on the session's real server, `pg_url`; skipped with a message where
+PostgreSQL is not installed). The tests use only `xaiproxy.store.base.Store`.
 """
 
 from __future__ import annotations
@@ -10,18 +11,26 @@ import pytest
 
 from xaiproxy import store as stores
 
-BACKENDS = {
-    "sqlite": lambda tmp_path, n: str(tmp_path / f"contract{n}.db"),
-}
+BACKENDS = ("sqlite", "postgresql")
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-async def make_store(request, tmp_path):
+@pytest.fixture(params=BACKENDS)
+def backend_db(request, tmp_path):
+    """db(n): the `db` setting of the test's n-th fresh store (one database per test on
+    PostgreSQL, so the n-th store shares it)."""
+    if request.param == "sqlite":
+        return lambda n: str(tmp_path / f"contract{n}.db")
+    url = request.getfixturevalue("pg_url")
+    return lambda n: url
+
+
+@pytest.fixture
+async def make_store(backend_db):
     """`s = await make_store()` opens a fresh store; `make_store(again=s)` reopens its database."""
     opened = []
 
     async def make(again=None):
-        db = again.db if again is not None else BACKENDS[request.param](tmp_path, len(opened))
+        db = again.db if again is not None else backend_db(len(opened))
         s = stores.create(db, flush_interval=0.01)
         s.db = db
         await s.open()

@@ -1,8 +1,9 @@
 """The store: typed ops in, named reads out; SQL only inside this package's backends.
 
-`create(settings)` picks the backend from the `db` setting: a path (or `sqlite:///path`)
-is SQLite, the only backend so far. A second backend is a module next to `sqlite.py`
-implementing `base.Store`, added to `create`, and passing `tests/store/`.
+`create(db)` picks the backend from the `db` setting: a path (or `sqlite:///path`) is
+SQLite; a `postgresql://` (or `postgres://`) URL is PostgreSQL (`postgres.py`, for many
+instances). A backend is a module implementing `base.Store`, added to `create`, and
+passing `tests/store/`.
 """
 
 from __future__ import annotations
@@ -21,4 +22,10 @@ def create(db: str, flush_interval: float = 0.2) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore(db.removeprefix("sqlite://"), flush_interval)
-    raise ValueError(f"db {scheme}://… is not a supported store (supported: a SQLite path)")
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(db, flush_interval)
+    raise ValueError(
+        f"db {scheme}://… is not a supported store (supported: a SQLite path, postgresql://)"
+    )

@@ -24,6 +24,7 @@ import orjson
 
 from . import ops as o
 from . import tables
+from .rollup import daily_rollup
 from .sqlite_schema import MIGRATIONS
 
 log = logging.getLogger("xaiproxy.store")
@@ -587,31 +588,6 @@ def _row_ops(row: o.UsageRecord):
     yield USAGE_SQL, row
     for daily in daily_rollup([row]):
         yield DAILY_SQL, daily
-
-
-def daily_rollup(usage: list[o.UsageRecord]) -> list[tuple]:
-    """Usage rows summed per (day, account, model): the batch's usage_daily upserts."""
-    groups: dict[tuple, list] = {}
-    for r in usage:
-        key = (int(r.ts // 86400), r.account_id, r.model)
-        g = groups.get(key)
-        if g is None:
-            groups[key] = [
-                r.dna,
-                1,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cached_tokens,
-                r.cost_n,
-            ]
-        else:
-            g[0] = r.dna
-            g[1] += 1
-            g[2] += r.prompt_tokens
-            g[3] += r.completion_tokens
-            g[4] += r.cached_tokens
-            g[5] += r.cost_n
-    return [(*key, *g) for key, g in groups.items()]
 
 
 def _fields(op) -> dict:
