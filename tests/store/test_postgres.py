@@ -122,8 +122,13 @@ async def test_ids_written_around_the_blocks_are_never_handed_out(two):
         assert again > last  # the other instance's next block follows, never overlaps
     grants = [await a.id_block("grants"), await b.id_block("grants")]
     assert grants[1][0] == grants[0][1] + 1
-    with pytest.raises(ValueError, match="no id blocks"):
-        await a.id_block("usage")
+    # Any table the gateway picks ids for: news, a plugin's table (its own MAX(id)).
+    await a.migrate_plugin("notes", [o.Table("notes", (o.Column("id", "int"),), ("id",))])
+    await a.write([o.RowInsert("notes", {"id": 4321})])
+    assert (await b.id_block("notes"))[0] > 4321 and (await b.id_block("news"))[0] >= 1
+    assert await a.id_block("no_table_yet") == (1, pg.ID_BLOCK)
+    with pytest.raises(ValueError, match="not a table name"):
+        await a.id_block("x; DROP TABLE accounts")
 
 
 async def test_an_idempotency_key_from_two_instances_applies_once(two):

@@ -341,20 +341,20 @@ class PostgresStore:
 
     async def id_block(self, table: str) -> tuple[int, int]:
         """A block of ids (first, last) no other instance is ever given: one nextval of the
-        table's sequence (it steps by pg.ID_BLOCK), moved past any id already in use."""
-        if table not in ID_SOURCES:
-            raise ValueError(f"{table!r} has no id blocks")
+        table's sequence `ids_<table>` (it steps by pg.ID_BLOCK), moved past any id the
+        table has used (ids written around the blocks: a first root, an import)."""
+        if not tables.NAME.fullmatch(table):
+            raise ValueError(f"no ids for {table!r}: not a table name")
+        seq = f"ids_{table}"
         async with self._pool.acquire() as conn, conn.transaction():
             # Serialised with the other instances' draws, so a setval never moves back.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", IDS_LOCK)
-            seq = await conn.fetchval("SELECT pg_get_serial_sequence($1, 'id')", table)
-            first = await conn.fetchval("SELECT nextval($1::regclass)", seq)
-            high = max([await conn.fetchval(sql) or 0 for sql in ID_SOURCES[table]])
-            if first <= high:  # ids written around the blocks (a root, an import)
-                await conn.execute(
-                    "SELECT setval($1::regclass, $2)", seq, max(high - pg.ID_BLOCK + 1, first)
-                )
-                first = await conn.fetchval("SELECT nextval($1::regclass)", seq)
+            await conn.execute(f"CREATE SEQUENCE IF NOT EXISTS {seq} INCREMENT BY {pg.ID_BLOCK}")
+            first = await conn.fetchval("SELECT nextval($1)", seq)
+            high = await _max_used(conn, table)
+            if first <= high:
+                await conn.execute("SELECT setval($1, $2)", seq, max(high - pg.ID_BLOCK + 1, first))
+                first = await conn.fetchval("SELECT nextval($1)", seq)
         return first, first + pg.ID_BLOCK - 1
 
     async def audit_totals(self) -> dict[str, int]:
@@ -494,6 +494,21 @@ class PostgresStore:
     async def count_rows(self, table: str, where: dict | None = None) -> int:
         cond, params = _where(self.tables, table, where or {})
         return await self._value(f"SELECT COUNT(*) FROM {table} WHERE {cond}", params)
+
+
+async def _max_used(conn: asyncpg.Connection, table: str) -> int:
+    """The highest id `table` has used, counting ids only referenced elsewhere; 0 for a
+    table without an id column (or not made yet)."""
+    sources = ID_SOURCES.get(table)
+    if sources is None:
+        has_id = await conn.fetchval(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = $1 AND column_name = 'id'",
+            table,
+        )
+        sources = (f"SELECT MAX(id) FROM {table}",) if has_id else ()
+    found = [await conn.fetchval(sql) for sql in sources]
+    return max((n for n in found if n is not None), default=0)
 
 
 def _password(url: str) -> str:
