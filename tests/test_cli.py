@@ -99,6 +99,14 @@ async def test_a_postgresql_database_without_redis_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())  # no directory named after the URL
 
 
+async def test_backup_of_a_postgresql_database_points_to_pg_dump(tmp_path):
+    env = clean_env(XAI_REDIS="redis://127.0.0.1:9/0")
+    db = "postgresql://xaiproxy:pw@db/xaiproxy"
+    code, out, err = await run([*CHECKOUT, "backup", "copy.db", "--db", db], cwd=tmp_path, env=env)
+    assert code == 1 and "pg_dump" in err and "pw@" not in out + err, out + err
+    assert not list(tmp_path.iterdir())
+
+
 async def test_backup_refuses_a_missing_database_and_itself(tmp_path):
     code, _, err = await run([*CHECKOUT, "backup", "copy.db", "--db", "nope.db"], cwd=tmp_path)
     assert code == 1 and "no database at nope.db" in err

@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway (options also read XAI_* variables)")
     p.add_argument("--host", help="address to bind (XAI_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (XAI_PORT, default 8080)")
-    p.add_argument("--db", help="SQLite file (XAI_DB, default ./data/xaiproxy.db)")
+    p.add_argument(
+        "--db", help="SQLite file or postgresql:// URL (XAI_DB, default ./data/xaiproxy.db)"
+    )
     p.add_argument("--config", help="TOML config file (XAI_CONFIG; `xaiproxy init` writes one)")
     p.set_defaults(func=serve)
     tools.add_commands(sub)

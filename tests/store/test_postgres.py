@@ -243,3 +243,17 @@ async def test_a_gateway_on_postgresql_keeps_the_money_invariant(
         assert (await ledger.audit(again.gw.store))["ok"]
     finally:
         await again.close()
+
+
+async def test_the_writer_reconnects_and_keeps_the_data_planes_records(store_pg):
+    s = store_pg
+    await tree(s)
+    now = time.time()
+    await s.scalar("SELECT pg_terminate_backend($1)", (s._conn.get_server_pid(),))
+    s.submit_usage(usage(2, ".1.2.", now, 7), [])
+    with pytest.raises(Exception):  # noqa: B017 - whatever asyncpg makes of the lost link
+        await s.write([o.AccountSet(2, {"alias": "lost"})])  # its caller undoes
+    await s.write([o.AccountSet(2, {"alias": "kept"})])  # a new connection
+    assert (await s.load_account(2))["alias"] == "kept"
+    day = int(now // DAY)
+    assert await s.usage_by_account(o.ALL, day, day + 1) == [(2, 1, 7)]  # once, not lost

@@ -32,6 +32,8 @@ class Copy:
 
 def backup(db: str, target: str) -> Copy:
     """Copy the database at `db` to `target` (replaced atomically if it exists)."""
+    if db.split("://", 1)[0].lower() in ("postgresql", "postgres"):
+        raise BackupError("the database is PostgreSQL: back it up with pg_dump (docs/SCALING.md)")
     src, dst = Path(db), Path(target)
     if not src.is_file():
         raise BackupError(f"no database at {db}")

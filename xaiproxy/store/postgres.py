@@ -42,7 +42,14 @@ PLUGIN_LOCK = pg._LOCK_ID + 1  # plugin migrations, one instance at a time
 IDS_LOCK = pg._LOCK_ID + 2  # id blocks: the only place a sequence moves
 RETRIES = 3  # a batch that lost a deadlock or a serialization race runs again whole
 # A unit's own failure (bad data, a constraint): that unit is rolled back alone.
-UNIT_ERRORS = (asyncpg.PostgresError, asyncpg.DataError, TypeError, ValueError, OverflowError)
+UNIT_ERRORS = (asyncpg.PostgresError, TypeError, ValueError, OverflowError)
+# The batch's failure, never one unit's: a deadlock or serialization loss (run again),
+# a lost connection or a server shutting down (the batch is requeued or failed).
+BATCH_ERRORS = (
+    asyncpg.TransactionRollbackError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
 
 
 class PostgresStore:
@@ -195,6 +202,12 @@ class PostgresStore:
                 if attempt == RETRIES - 1:
                     raise
                 log.warning("batch rolled back (%s); running it again", exc)
+            except BaseException:
+                # In an unknown state (a lost connection, a cancel): the next flush
+                # starts on a new one.
+                self._conn.terminate()
+                self._conn = None
+                raise
         raise AssertionError("unreachable")
 
     async def _commit(self, batch: list, usage: list, deltas: dict[int, int]) -> list:
@@ -217,8 +230,8 @@ class PostgresStore:
             async with conn.transaction():  # a savepoint inside the batch's transaction
                 for sql, params in statements:
                     await conn.execute(sql, *params)
-        except asyncpg.TransactionRollbackError:
-            raise  # a deadlock is the batch's, not this unit's: run it all again
+        except BATCH_ERRORS:
+            raise
         except UNIT_ERRORS as exc:
             log.error("write unit rolled back: %s", exc)
             return exc
@@ -238,7 +251,7 @@ class PostgresStore:
                 if ids:
                     await conn.execute(LOCK_GRANTS_SQL, ids)
                     await conn.execute(GRANT_DELTAS_SQL, ids, takes)
-        except asyncpg.TransactionRollbackError:
+        except BATCH_ERRORS:
             raise
         except UNIT_ERRORS as exc:
             log.error(
