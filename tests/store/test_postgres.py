@@ -7,6 +7,7 @@ pool) on one fresh database (`pg_url`); the gateway test runs the whole app on i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
@@ -251,8 +252,11 @@ async def test_the_writer_reconnects_and_keeps_the_data_planes_records(store_pg)
     now = time.time()
     await s.scalar("SELECT pg_terminate_backend($1)", (s._conn.get_server_pid(),))
     s.submit_usage(usage(2, ".1.2.", now, 7), [])
-    with pytest.raises(Exception):  # noqa: B017 - whatever asyncpg makes of the lost link
-        await s.write([o.AccountSet(2, {"alias": "lost"})])  # its caller undoes
+    # Whether this batch finds the link dead (it fails: its caller undoes) or asyncpg saw
+    # the close first (a new connection at once) depends on timing; both are fine.
+    lost = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+    with contextlib.suppress(*lost):
+        await s.write([o.AccountSet(2, {"alias": "maybe"})])
     await s.write([o.AccountSet(2, {"alias": "kept"})])  # a new connection
     assert (await s.load_account(2))["alias"] == "kept"
     day = int(now // DAY)
