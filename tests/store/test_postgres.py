@@ -178,25 +178,6 @@ async def test_a_bad_unit_in_a_batch_fails_only_itself(store_pg):
     assert s.write_errors == 3  # two units and the bad usage row
 
 
-async def test_targeted_reloads(store_pg):
-    s = store_pg
-    await tree(s)
-    now = time.time()
-    await s.write(
-        [
-            o.GrantPut(1, 2, 100, 100, now, now + DAY),
-            o.GrantPut(2, 2, 9, 9, now - 2 * DAY, now - DAY),  # expired
-            o.GrantPut(3, 3, 5, 5, now, now + 2 * DAY),
-            o.ConfigSet(1, 4, {"A": "1"}),
-        ]
-    )
-    assert await s.load_account(2) == next(r for r in await s.load_accounts() if r["id"] == 2)
-    assert await s.load_account(99) is None
-    assert [g["id"] for g in await s.load_account_grants(2, now)] == [1]
-    assert await s.load_config(1) == (4, {"A": "1"}) and await s.load_config(7) == (0, {})
-    assert await s.load_key(1) is None
-
-
 async def test_a_database_that_cannot_be_reached_is_named_with_its_password_masked(
     postgres_server,
 ):
