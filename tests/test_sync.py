@@ -290,3 +290,32 @@ async def test_an_update_writes_only_the_fields_it_sets(aiohttp_server, tmp_path
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_reload_never_lands_between_a_local_change_and_its_commit(pair):
+    """A full reload that reads the store while a local change waits on its write would
+    set memory back: the new account gone (and a deleted one back). It waits instead."""
+    import sqlite3
+
+    a, _ = pair
+    before = len(a.gw.state.accounts)
+    blocker = sqlite3.connect(a.gw.store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the file: A's unit waits
+    try:
+        created = asyncio.ensure_future(add_user(a, credit=5))
+        await asyncio.sleep(0.1)
+        assert len(a.gw.state.accounts) == before + 1  # in memory, not yet stored
+        a.gw.sync._event(0, "all", "")  # what a missed event or a version check does
+        await asyncio.sleep(0.3)
+        assert len(a.gw.state.accounts) == before + 1
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    uid, key = await created
+    assert (await a.get("/dashboard/x-user-news", key=key)).status == 200
+    await within(1.0, lambda: _reloaded(a))
+    assert uid in a.gw.state.accounts
+
+
+async def _reloaded(api) -> bool:
+    return api.gw.sync.queue.empty() and not api.gw.state.gate.reloading

@@ -45,6 +45,11 @@ async def commit(state: State, store, work: Work, sync=None) -> Any:
     """Run work() and store its unit; if the unit is not stored, memory is taken back.
     With money in Redis (`state.moves`), the unit's money moves are made there first.
     Once stored, other instances are told what changed (`sync`, when they exist)."""
+    async with state.gate.change():  # a reload from the store never lands in between
+        return await _commit(state, store, work, sync)
+
+
+async def _commit(state: State, store, work: Work, sync) -> Any:
     if state.ids is not None:
         await state.ids.ready()  # ids shared with other instances: have some at hand
     moves, shared = state.moves, None

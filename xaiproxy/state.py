@@ -18,6 +18,7 @@ import orjson
 
 from . import ownerconf, whitelists
 from .errors import ApiError
+from .gate import Gate
 
 ACCOUNT_COLUMNS = [
     "id",
@@ -241,6 +242,7 @@ class State:
         self.configs: dict[int, Any] = {}  # owner id -> ownerconf.OwnerConfig
         self.keys_version = 0  # bumped on every provider-key change; routing caches on it
         self._next_ids: dict[str, int] = {}
+        self.gate = Gate()  # local changes against reloads from the store (gate.py)
         self.ids = None  # ids.IdBlocks when instances share the database (SPEC 12)
         self._undo: Undo | None = None
         self.moves = None  # hotstate.moves.Moves when money lives in Redis (changes.commit)

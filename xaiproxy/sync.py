@@ -231,11 +231,12 @@ class Sync:
         while True:
             version, kind, ident = await self.queue.get()
             try:
-                if kind == ALL or version > self.applied + 1:
-                    await self.reload_all()
-                elif version == self.applied + 1:
-                    await self._apply_one(kind, ident)
-                    self.applied = version
+                async with self.gw.state.gate.reload():
+                    if kind == ALL or version > self.applied + 1:
+                        await self.reload_all()
+                    elif version == self.applied + 1:
+                        await self._apply_one(kind, ident)
+                        self.applied = version
             except StateUnavailable:
                 self.stale = True
             except Exception:
