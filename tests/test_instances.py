@@ -1,0 +1,361 @@
+"""SPEC 12 across real processes: three gateways on one PostgreSQL and one Redis.
+
+Each test starts its own three `xaiproxy serve` processes (tests/cluster.py) on a fresh
+database; what every instance must know at boot (provider keys, prices, the accounts a
+test spends from) is set up through the first one before the other two start, so only
+what a test changes later has to travel between instances. The invariants are read
+straight from PostgreSQL (the truth) and Redis (the hot copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from tests import servers
+from tests.cluster import Cluster, Truth, eventually, redis_balance_n
+from xaiproxy.ledger import NANO
+
+pytest_plugins = ["tests.fakes_fixtures"]
+
+PROPAGATION = 1.0  # SPEC 12: a change on one instance reaches every instance within 1 s
+FLOOR_N = 1 * NANO  # call_floor's default, at Rates 1
+# gpt-4o-mini at $0.1 per output token, input free: the fake's answer (5 completion
+# tokens) costs 0.5 and a request asking max_tokens=10 holds 1.0.
+DEAR = {"PRICING": {"gpt-4o-mini": {"input": 0, "output": 100_000}}}
+CHEAP = {"PRICING": {"gpt-4o-mini": {"input": 0, "output": 1_000}}}  # 0.005 a request
+_tags = itertools.count(1)
+
+
+@pytest.fixture
+async def make_cluster(pg_url, redis_url, tmp_path):
+    """`await make_cluster(setup, redis=url)`: three instances; stopped after the test."""
+    started: list[Cluster] = []
+
+    async def make(setup=None, n: int = 3, redis: str | None = None, **env) -> Cluster:
+        cluster = await Cluster.start(n, pg_url, redis or redis_url, tmp_path, setup, **env)
+        started.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in started:
+        await cluster.close()
+
+
+@pytest.fixture
+async def truth(pg_url):
+    t = await Truth.open(pg_url)
+    yield t
+    await t.close()
+
+
+def with_key(fake, config: dict | None = None):
+    """A setup: one root provider key on `fake`, and owner config."""
+
+    async def setup(c: Cluster) -> None:
+        await c.add_key(0, fake, "main")
+        if config:
+            r = await c.call(0, "PUT", "/x-config", config)
+            assert r.status == 200, r.body
+
+    return setup
+
+
+def tag(fake, value: str):
+    """The request the fake saw with `x-fake-tag: value`, or None."""
+    return next((s for s in fake.seen if s.headers.get("x-fake-tag") == value), None)
+
+
+# -- a change on one instance reaches the others within 1 s -------------------------------
+async def test_account_created_on_a_authenticates_on_b_and_c(make_cluster, upstream):
+    c = await make_cluster(with_key(upstream))
+    _, key = await c.add_user(0, 10, "made-on-a")
+
+    async def serves(i: int) -> bool:
+        r = await c.chat(i, key)
+        assert r.status in (200, 401), r.body  # unknown for a moment, then served
+        return r.status == 200
+
+    took = await asyncio.gather(
+        *(
+            eventually(lambda i=i: serves(i), PROPAGATION, f"the key on instance {i}")
+            for i in (1, 2)
+        )
+    )
+    assert max(took) <= PROPAGATION
+
+
+async def test_config_change_on_b_takes_effect_on_a_and_c(make_cluster, upstream):
+    c = await make_cluster(with_key(upstream))
+    _, key = await c.add_user(0, 10, "mapped")
+    # before: the alias is sent upstream as it is
+    r = await c.chat(2, key, "alias-cluster", headers={"x-fake-tag": "before"})
+    assert r.status == 200 and tag(upstream, "before").json["model"] == "alias-cluster"
+
+    r = await c.call(1, "PUT", "/x-config", {"MODEL_MAPPER": {"alias-cluster": "gpt-4o-mini"}})
+    assert r.status == 200, r.body
+
+    async def mapped(i: int) -> bool:
+        label = f"poll-{next(_tags)}"
+        r = await c.chat(i, key, "alias-cluster", headers={"x-fake-tag": label})
+        assert r.status == 200, r.body
+        return tag(upstream, label).json["model"] == "gpt-4o-mini"
+
+    took = await asyncio.gather(
+        *(eventually(lambda i=i: mapped(i), PROPAGATION, f"MODEL_MAPPER on {i}") for i in (0, 2))
+    )
+    assert max(took) <= PROPAGATION
+
+
+# -- the promises of sections 4 and 5, across instances ---------------------------------
+async def test_300_requests_over_three_instances_never_overspend(make_cluster, upstream, truth):
+    ids = {}
+
+    async def setup(c: Cluster) -> None:
+        await with_key(upstream, DEAR)(c)
+        ids["uid"], ids["key"] = await c.add_user(0, 50, "storm")
+
+    c = await make_cluster(setup)
+    uid, key = ids["uid"], ids["key"]
+    before = await truth.balance_n(uid)
+    assert before == 50 * NANO
+    replies = await asyncio.gather(*(c.chat(i % 3, key, max_tokens=10) for i in range(300)))
+    codes = {(r.status, r.body["error"]["code"] if r.status != 200 else "") for r in replies}
+    assert codes <= {(200, ""), (403, "insufficient_balance")}, codes
+    ok = sum(r.status == 200 for r in replies)
+    # 49 spendable at 0.5 a request, holding 1.0 each: at least 48 fit, at most 98
+    assert 48 <= ok <= 98, ok
+    assert ok < 300  # the balance, not the instance count, is what stopped the rest
+
+    await truth.flushed(uid, ok)
+    rows, spent = await truth.usage(uid)
+    after = await truth.balance_n(uid)
+    assert rows == ok
+    assert before - after == spent  # Σ usage cost == balance drop, exactly
+    assert after >= FLOOR_N
+    audit = await truth.audit()
+    assert audit["ok"], audit
+
+    async def hot_matches() -> bool:  # settles in Redis, flushes in PostgreSQL
+        return await redis_balance_n(c.redis_url, uid) == after
+
+    await eventually(hot_matches, 5, "Redis's balance equal to PostgreSQL's")
+
+
+async def test_rpm_6_across_three_instances_admits_6(make_cluster, upstream):
+    ids = {}
+
+    async def setup(c: Cluster) -> None:
+        await with_key(upstream)(c)
+        ids["key"] = (await c.add_user(0, 100, "limited", RPM=6))[1]
+
+    c = await make_cluster(setup)
+    replies = await asyncio.gather(*(c.chat(i % 3, ids["key"]) for i in range(18)))
+    statuses = sorted(r.status for r in replies)
+    assert statuses == [200] * 6 + [429] * 12, statuses
+    assert all(r.error_code == "rate_limit_exceeded" for r in replies if r.status == 429)
+    assert len(upstream.seen) == 6
+
+
+async def test_same_idempotency_key_on_two_instances_applies_once(make_cluster, truth):
+    ids = {}
+
+    async def setup(c: Cluster) -> None:
+        ids["uid"] = (await c.add_user(0, 10, "topped-up"))[0]
+
+    c = await make_cluster(setup)
+    uid = ids["uid"]
+    headers = {"Idempotency-Key": "top-up-1"}
+    calls = [
+        c.call(i % 2, "PUT", f"/x-users/{uid}", {"CreditGranted": 5}, headers=headers)
+        for i in range(10)
+    ]
+    replies = await asyncio.gather(*calls)
+    assert [r.status for r in replies] == [200] * 10, [r.body for r in replies]
+    fresh = [r for r in replies if r.headers.get("Idempotent-Replayed") != "true"]
+    assert len(fresh) == 1
+    assert all(r.body == fresh[0].body for r in replies)
+    assert await truth.balance_n(uid) == 15 * NANO
+    assert await truth.conn.fetchval("SELECT COUNT(*) FROM grants WHERE account_id = $1", uid) == 2
+    assert (await truth.audit())["ok"]
+
+
+async def test_key_put_to_sleep_through_a_is_skipped_by_b(make_cluster, make_upstream):
+    sleepy, awake = await make_upstream(), await make_upstream()
+    ids = {}
+
+    async def setup(c: Cluster) -> None:  # two keys at one level: taken round-robin
+        ids["sleepy"] = await c.add_key(0, sleepy, "sleepy")
+        await c.add_key(0, awake, "awake")
+        ids["key"] = (await c.add_user(0, 100, "router"))[1]
+
+    c = await make_cluster(setup)
+    key = ids["key"]
+    sleepy.fail("429:60")  # its next answer: rate limited, rest 60 s
+    for _ in range(2):  # round-robin: one of two requests through A reaches it
+        r = await c.chat(0, key)
+        assert r.status == 200, r.body  # A moved on to the awake key
+    assert len(sleepy.seen) == 1
+
+    async def asleep_on_b() -> bool:
+        r = await c.call(1, "GET", f"/x-keys/{ids['sleepy']}")
+        assert r.status == 200, r.body
+        return r.body["Sleeping"]
+
+    await eventually(asleep_on_b, PROPAGATION, "the key asleep on B")
+    replies = await asyncio.gather(*(c.chat(1, key) for _ in range(6)))
+    assert [r.status for r in replies] == [200] * 6
+    assert len(sleepy.seen) == 1  # B never tried it
+    assert len(awake.seen) == 1 + 6
+
+
+# -- failures --------------------------------------------------------------------------
+async def test_kill_9_mid_storm(make_cluster, upstream, truth):
+    users = []
+
+    async def setup(c: Cluster) -> None:
+        await with_key(upstream, CHEAP)(c)
+        for n in range(3):
+            users.append(await c.add_user(0, 100, f"busy-{n}"))
+
+    c = await make_cluster(setup)
+    acked_users: list[tuple[int, str]] = []
+    acked_topups: list[tuple[int, int]] = []  # (account, amount_n): each amount unique
+    amounts = itertools.count(1)
+
+    async def request(i: int, n: int):
+        uid, key = users[n % 3]
+        return await c.chat(
+            i,
+            key,
+            max_tokens=10,
+            stream=True,
+            headers={"x-fake-chunks": "5", "x-fake-delay": "0.05"},
+        )
+
+    async def create(i: int, n: int):
+        r = await c.call(i, "POST", "/x-users", {"Name": f"new-{n}", "Email": f"n{n}@example.com"})
+        if r.status == 200:
+            acked_users.append((r.body["User"]["ID"], f"new-{n}"))
+        return r
+
+    async def top_up(i: int, n: int):
+        uid = users[n % 3][0]
+        cents = next(amounts)
+        r = await c.call(i, "PUT", f"/x-users/{uid}", {"CreditGranted": cents / 100})
+        if r.status == 200:
+            acked_topups.append((uid, cents * NANO // 100))
+        return r
+
+    async def wave(nodes: list[int], base: int) -> list:
+        calls = []
+        for n in range(base, base + 30):
+            i = nodes[n % len(nodes)]
+            calls += [request(i, n), request(i, n + 1)]
+            if n % 3 == 0:
+                calls += [create(i, n), top_up(i, n)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    first = asyncio.ensure_future(wave([0, 1, 2], 0))
+    await asyncio.sleep(0.3)  # streams in flight on every instance
+    await c.kill9(2)
+    after = await wave([0, 1], 100)  # the others keep serving
+    before = await first
+    bad = [r for r in after if isinstance(r, BaseException) or r.status != 200]
+    assert bad == [], bad[:3]
+    served = sum(not isinstance(r, BaseException) and r.status == 200 for r in before + after)
+    assert served > len(after)
+
+    await c.close()  # A and B flush on SIGTERM: what PostgreSQL holds now is final
+    audit = await truth.audit()
+    assert audit["ok"], audit  # no money minted, none lost
+    for uid, name in acked_users:  # every acknowledged change is in PostgreSQL
+        assert await truth.conn.fetchval("SELECT name FROM accounts WHERE id = $1", uid) == name
+    for uid, amount_n in acked_topups:
+        found = await truth.conn.fetchval(
+            "SELECT COUNT(*) FROM grants WHERE account_id = $1 AND amount_n = $2", uid, amount_n
+        )
+        assert found == 1, (uid, amount_n)
+    for uid, _ in users:
+        granted = await truth.conn.fetchval(
+            "SELECT SUM(amount_n)::BIGINT FROM grants WHERE account_id = $1", uid
+        )
+        balance = await truth.balance_n(uid)
+        assert granted - balance == (await truth.usage(uid))[1]  # every draw is a usage row
+        hot = await redis_balance_n(c.redis_url, uid)
+        assert hot is not None and hot <= balance  # the hot copy never holds more
+
+
+@pytest.fixture
+def own_redis():
+    """A Redis of this test's own, to kill -9 and restart empty."""
+    try:
+        r = servers.Redis()
+    except servers.Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield r.start()
+    finally:
+        r.stop()
+
+
+async def test_redis_killed_and_restarted_empty(make_cluster, upstream, truth, own_redis):
+    ids = {}
+
+    async def setup(c: Cluster) -> None:
+        await with_key(upstream, CHEAP)(c)
+        ids["uid"], ids["key"] = await c.add_user(0, 20, "steady")
+
+    c = await make_cluster(setup, redis=own_redis.url())
+    uid, key = ids["uid"], ids["key"]
+    served = 0
+    for i in range(6):
+        r = await c.chat(i % 3, key, max_tokens=10)
+        assert r.status == 200, r.body
+        served += 1
+    await truth.flushed(uid, served)
+
+    own_redis.kill()
+    for i in range(6):  # fails closed: never admitted without a hold
+        r = await c.chat(i % 3, key, max_tokens=10)
+        assert (r.status, r.error_code) == (503, "state_unavailable"), r.body
+        assert int(r.headers["Retry-After"]) >= 1
+    for i in range(3):  # management keeps working: reads and non-money writes
+        r = await c.call(i, "GET", f"/x-users/{uid}")
+        assert r.status == 200, r.body
+    r = await c.call(1, "PUT", f"/x-users/{uid}", {"Alias": "while-redis-was-down"})
+    assert r.status == 200, r.body
+    assert (await truth.usage(uid))[0] == served
+
+    own_redis.start()  # the same port, empty
+
+    async def serves(i: int) -> bool:
+        nonlocal served
+        r = await c.chat(i, key, max_tokens=10)
+        assert r.status in (200, 503), r.body
+        served += r.status == 200
+        return r.status == 200
+
+    for i in range(3):
+        await eventually(lambda i=i: serves(i), 15, f"instance {i} serving after the restart")
+    for i in range(6):
+        assert (await c.chat(i % 3, key, max_tokens=10)).status == 200
+        served += 1
+
+    await truth.flushed(uid, served)
+    rows, spent = await truth.usage(uid)
+    balance = await truth.balance_n(uid)
+    assert rows == served
+    assert 20 * NANO - balance == spent
+    audit = await truth.audit()
+    assert audit["ok"], audit
+
+    async def rebuilt() -> bool:  # the rebuilt copy matches the ledger
+        return await redis_balance_n(own_redis.url(), uid) == balance
+
+    await eventually(rebuilt, 5, "Redis's rebuilt balance equal to PostgreSQL's")
+    assert await truth.conn.fetchval("SELECT alias FROM accounts WHERE id = $1", uid) == (
+        "while-redis-was-down"
+    )
