@@ -236,7 +236,8 @@ async def test_kill_9_mid_storm(make_cluster, upstream, truth):
         )
 
     async def create(i: int, n: int):
-        r = await c.call(i, "POST", "/x-users", {"Name": f"new-{n}", "Email": f"n{n}@example.com"})
+        body = {"Name": f"new-{n}", "Email": f"n{n}@example.com", "CreditGranted": 1}
+        r = await c.call(i, "POST", "/x-users", body)
         if r.status == 200:
             acked_users.append((r.body["User"]["ID"], f"new-{n}"))
         return r
