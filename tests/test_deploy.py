@@ -72,3 +72,19 @@ async def test_nginx_recipe_is_valid_and_relays_each_chunk_as_it_comes(
     # Each chunk as the provider sent it (0.4 s apart), not all at once at the end.
     times = [at for at, _ in events]
     assert times[0] < 0.3 and times[-1] - times[0] > 1.5, times
+
+
+def test_compose_recipe_is_the_tested_nginx_recipe_on_pg_and_redis():
+    """compose-nginx.conf is deploy/nginx.conf (run above) with the compose service as its
+    upstream; compose's Redis keeps nothing, so a restart comes back empty (SCALING.md)."""
+
+    def location(text: str) -> str:
+        return text[text.index("    location / {") :]
+
+    tested = (DEPLOY / "nginx.conf").read_text()
+    compose_site = (DEPLOY / "compose-nginx.conf").read_text()
+    assert location(compose_site) == location(tested)
+    assert "server xaiproxy:8080;" in compose_site
+    compose = (DEPLOY / "compose.yaml").read_text()
+    assert '"--save", ""' in compose and '"--appendonly", "no"' in compose
+    assert "XAI_DB: postgresql://" in compose and "XAI_REDIS: redis://redis:6379/0" in compose
