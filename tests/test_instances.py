@@ -235,8 +235,8 @@ async def test_kill_9_mid_storm(make_cluster, upstream, truth):
             headers={"x-fake-chunks": "5", "x-fake-delay": "0.05"},
         )
 
-    async def create(i: int, n: int):
-        body = {"Name": f"new-{n}", "Email": f"n{n}@example.com", "CreditGranted": 1}
+    async def create(i: int, n: int):  # 2: USER_MIN_BALANCE
+        body = {"Name": f"new-{n}", "Email": f"n{n}@example.com", "CreditGranted": 2}
         r = await c.call(i, "POST", "/x-users", body)
         if r.status == 200:
             acked_users.append((r.body["User"]["ID"], f"new-{n}"))
