@@ -136,7 +136,8 @@ class Cluster:
         )
 
     async def close(self, check: bool = True) -> None:
-        """SIGTERM every live instance (by PID); each must exit 0 (when `check`)."""
+        """SIGTERM every live instance (by PID); each must exit 0 and none may have logged a
+        traceback (when `check`)."""
         failures = []
         for i in self.live():
             try:
@@ -148,6 +149,9 @@ class Cluster:
                 failures.append(f"instance {i}: {exc}")
             self.dead.add(i)
         await self.session.close()
+        for i, node in enumerate(self.nodes):  # an unhandled error is a defect, even a logged one
+            if "Traceback" in node.output():
+                failures.append(f"instance {i} logged a traceback:\n{node.output()[-3000:]}")
         if check and failures:
             raise AssertionError("\n".join(failures))
 
