@@ -45,6 +45,7 @@ class Cluster:
     env: dict
     session: aiohttp.ClientSession
     dead: set[int] = field(default_factory=set)
+    closed: bool = False
 
     @classmethod
     async def start(
@@ -138,6 +139,9 @@ class Cluster:
     async def close(self, check: bool = True) -> None:
         """SIGTERM every live instance (by PID); each must exit 0 and none may have logged a
         traceback (when `check`)."""
+        if self.closed:
+            return
+        self.closed = True
         failures = []
         for i in self.live():
             try:
