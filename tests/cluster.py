@@ -12,6 +12,8 @@ asyncpg (`Truth`), the hot copy straight from Redis (`redis_balance_n`).
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-from tests.procs import CHECKOUT, Served, serve
+from tests.procs import CHECKOUT, Served, free_port, serve
 from xaiproxy.ledger import NANO
 from xaiproxy.testing import ROOT_KEY, FakeUpstream, Reply
 
@@ -158,6 +160,51 @@ class Cluster:
                 failures.append(f"instance {i} logged a traceback:\n{node.output()[-3000:]}")
         if check and failures:
             raise AssertionError("\n".join(failures))
+
+    async def served(self, i: int, path: str = "/v1/chat/completions") -> int:
+        """How many 200s instance i answered on `path` (its /metrics)."""
+        r = await self.call(i, "GET", "/metrics")
+        pattern = rf'xaiproxy_requests_total{{[^}}]*path="{re.escape(path)}",status="200"}} (\S+)'
+        return sum(int(float(n)) for n in re.findall(pattern, r.body))
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+async def nginx_in_front(cluster: Cluster, tmp: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """deploy/nginx.conf as shipped, its one `server` line made one per instance, in a
+    minimal main config: (the nginx process, its URL). Stop it by its PID."""
+    if shutil.which("nginx") is None:
+        raise RuntimeError("nginx is not installed (apt-get install nginx; make test does it)")
+    site = (DEPLOY / "nginx.conf").read_text()
+    assert "server 127.0.0.1:8080;" in site and "listen 80;" in site
+    servers = "\n    ".join(f"server {n.url[len('http://') :]};" for n in cluster.nodes)
+    port = free_port()
+    site = site.replace("server 127.0.0.1:8080;", servers)
+    (tmp / "site.conf").write_text(site.replace("listen 80;", f"listen 127.0.0.1:{port};"))
+    temp = " ".join(
+        f"{name}_temp_path {tmp / name};"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    main = tmp / "nginx.conf"
+    main.write_text(
+        f"daemon off; master_process off; pid {tmp / 'nginx.pid'}; error_log {tmp / 'error.log'};\n"
+        f"events {{}}\nhttp {{ access_log off; {temp} include {tmp / 'site.conf'}; }}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "nginx", "-p", str(tmp), "-c", str(main), "-e", str(tmp / "error.log")
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):  # until it listens
+        try:
+            async with cluster.session.get(url + "/healthz") as r:
+                if r.status == 200:
+                    return proc, url
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.05)
+    proc.terminate()
+    await proc.wait()
+    raise AssertionError(f"nginx did not start: {(tmp / 'error.log').read_text()}")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 
 import pytest
 
 from tests import servers
-from tests.cluster import Cluster, Truth, eventually, redis_balance_n
+from tests.cluster import Cluster, Truth, eventually, nginx_in_front, redis_balance_n
 from xaiproxy.ledger import NANO
 
 pytest_plugins = ["tests.fakes_fixtures"]
@@ -107,6 +108,35 @@ async def test_config_change_on_b_takes_effect_on_a_and_c(make_cluster, upstream
         *(eventually(lambda i=i: mapped(i), PROPAGATION, f"MODEL_MAPPER on {i}") for i in (0, 2))
     )
     assert max(took) <= PROPAGATION
+
+
+async def test_three_instances_behind_nginx(make_cluster, upstream, tmp_path):
+    """docs/SCALING.md's recipe: deploy/nginx.conf with one `server` line per instance."""
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; make test does it)")
+    ids = {}
+
+    async def setup(c: Cluster) -> None:
+        await with_key(upstream)(c)
+        ids["key"] = (await c.add_user(0, 100, "balanced"))[1]
+
+    c = await make_cluster(setup)
+    nginx, url = await nginx_in_front(c, tmp_path)
+    headers = {"Authorization": f"Bearer {ids['key']}"}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def one() -> int:
+        async with c.session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+            return r.status
+
+    try:
+        statuses = await asyncio.gather(*(one() for _ in range(30)))
+    finally:
+        nginx.terminate()
+        await nginx.wait()
+    assert statuses == [200] * 30
+    served = [await c.served(i) for i in range(3)]
+    assert sum(served) == 30 and min(served) > 0, served  # every instance took its share
 
 
 # -- the promises of sections 4 and 5, across instances ---------------------------------
