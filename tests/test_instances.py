@@ -92,8 +92,14 @@ async def test_account_created_on_a_authenticates_on_b_and_c(make_cluster, upstr
 
 
 async def test_config_change_on_b_takes_effect_on_a_and_c(make_cluster, upstream):
-    c = await make_cluster(with_key(upstream))
-    _, key = await c.add_user(0, 10, "mapped")
+    ids = {}
+
+    async def setup(c: Cluster) -> None:  # the account is known everywhere from the start
+        await with_key(upstream)(c)
+        ids["key"] = (await c.add_user(0, 10, "mapped"))[1]
+
+    c = await make_cluster(setup)
+    key = ids["key"]
     # before: the alias is sent upstream as it is
     r = await c.chat(2, key, "alias-cluster", headers={"x-fake-tag": "before"})
     assert r.status == 200 and tag(upstream, "before").json["model"] == "alias-cluster"
