@@ -148,11 +148,6 @@ async def test_three_instances_behind_nginx(make_cluster, upstream, tmp_path):
     assert sum(served) == 30 and min(served) > 0, served  # every instance took its share
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lost update: an account change writes the instance's whole row (changes.saved),"
-    " so a rename on A racing a top-up on B is overwritten by B's stale copy (issue 12, part C)",
-)
 async def test_changes_to_one_account_on_two_instances_are_both_kept(make_cluster, truth):
     ids = {}
 
