@@ -247,6 +247,11 @@ async def test_a_killed_redis_fails_closed_and_is_rebuilt_from_the_snapshot():
         gens = await asyncio.gather(a.ensure_loaded(from_database), b.ensure_loaded(from_database))
         assert len(calls) == 1 and gens[0] == gens[1] != before.generation
         assert await b.balance(2) == (usd(50), 0)
+        # Rebuilt by instances that saw a generation: admits wait while they hold their
+        # requests in flight again (here none is: end the wait).
+        with pytest.raises(StateUnavailable, match="held again"):
+            await b.admit(ask())
+        await b.redis.delete(b.settling)
 
         # The request admitted before the restart ends: its cost is debited, the hold it
         # took in the lost state is not released from the new one.
@@ -260,3 +265,37 @@ async def test_a_killed_redis_fails_closed_and_is_rebuilt_from_the_snapshot():
         await a.close()
         await b.close()
         server.stop()
+
+
+async def test_a_rebuild_holds_requests_in_flight_again_whatever_the_order_of_settles(two):
+    a, b = two
+    first, second, third = ask(1.0, account=3), ask(1.0, account=3), ask(1.0, account=3)
+    old = (await a.admit(first)).generation
+    await a.admit(second)
+    await a.admit(third)
+    # A rebuild by an instance that saw a generation: admits and draws wait meanwhile.
+    gen = await b.load(snapshot(), settling=0.3)
+    assert gen != old and await b.balance(3) == (usd(10), 0)
+    with pytest.raises(StateUnavailable, match="held again"):
+        await b.admit(ask(0.1, account=3))
+    with pytest.raises(StateUnavailable, match="held again"):
+        await b.take(3, usd(1))
+    # `first` settles before it is held again: it must not be held after.
+    assert await a.settle(first, old, "first", usd(0.5), 0) == [(14, usd(0.5))]
+    assert await a.rehold([(x, n) for x, n in ((first, "first"), (second, "second"))], gen) == [
+        "done",
+        "ok",
+    ]
+    assert await a.rehold([(second, "second")], gen) == ["done"]  # once
+    assert await a.rehold([(third, "third")], "stale") == ["other"]
+    assert await a.rehold([(third, "third")], gen) == ["ok"]
+    assert await b.balance(3) == (usd(9.5), usd(2))
+    assert [int(await b.redis.get(f"xai:a:{i}:held")) for i in (1, 2, 3)] == [usd(2)] * 3
+    # `second` settles after: its old generation's settle releases what it holds now, once.
+    assert await a.settle(second, old, "second", usd(0.5), 0) == [(14, usd(0.5))]
+    assert await a.settle(second, old, "second", usd(0.5), 0) == [(14, usd(0.5))]
+    assert await a.settle(third, gen, "third", 0, 0, late=True) == []
+    assert await b.balance(3) == (usd(9), 0)
+    assert [int(await b.redis.get(f"xai:a:{i}:held")) for i in (1, 2, 3)] == [0] * 3
+    await asyncio.sleep(0.3)
+    assert (await b.admit(ask(0.1, account=3))).code == "ok"

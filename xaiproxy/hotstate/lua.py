@@ -4,7 +4,10 @@ Layout shared by `admit` and `settle` (built by `redis.RedisState._keys`):
   KEYS[1] loaded marker (its value is the generation), KEYS[2] the account's grants,
   KEYS[3] its reserved total, KEYS[4] this request's settle record,
   then two keys per account of the chain, root first (subtree held, subtree month spend),
-  then one hash per rate-limit scope.
+  then one hash per rate-limit scope, then one key of the script's own (admit: the
+  `settling` key a rebuild sets while instances re-hold their requests in flight).
+A settle record is "<generation> <reply>", or "<generation> held" for a request held
+again under a generation newer than the one that admitted it (`REHOLD`).
 Grants hash: field "<expires_at>|<grant id>" -> remaining nano base units; the field
 "0|0" holds a debt run up with no grant at all. Rate-limit hash: `t` (last leak, Redis
 time) and `l1`..`l6`, the levels of the RPM RPH RPD TPM TPH TPD leaky buckets.
@@ -136,12 +139,13 @@ end
 # 0 = none), 6 limits per scope. Checks everything, then applies everything, or nothing:
 # {'ok', gen, '0', headers...} | {'insufficient_balance', gen, available}
 # | {'hard_limit_reached', gen, chain index} | {'rate_limit_exceeded', gen, wait s, headers...}
-# | {'not_loaded'}.
+# | {'not_loaded'} | {'settling'} (just rebuilt: instances are re-holding their requests).
 ADMIT = (
     LIB
     + r"""
 local gen = redis.call('GET', KEYS[1])
 if not gen then return {'not_loaded'} end
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'settling'} end
 local now = now_s()
 local est, floor, unlimited = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
 local C, S = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -192,7 +196,8 @@ return {'ok', gen, '0', h[1], h[2], h[3], h[4], h[5], h[6]}
 # ARGV: gen at admission, est, cost, tokens, unlimited, C, S, late, month ttl s, 6 limits
 # per scope, account id. KEYS: admit's, then the `touched` set (accounts whose grants
 # changed, by Redis time: instances refresh their display copies from it).
-# Releases the hold (only if Redis still has the generation that took it),
+# Releases the hold (only if Redis still has the generation that took it, or the request
+# was held again under the current one),
 # debits the cost, counts it in every chain account's month, charges the token buckets.
 # `late` = a retry whose usage is already in the database: skipped after a rebuild.
 # Idempotent per request and generation (KEYS[4] holds "<gen> <reply>"): a retry gets the
@@ -203,15 +208,19 @@ SETTLE = (
     + r"""
 local gen = redis.call('GET', KEYS[1])
 if not gen then return {'not_loaded'} end
+local same = gen == ARGV[1]
 local done = redis.call('GET', KEYS[4])
 if done then
   local sp = string.find(done, ' ', 1, true)
-  if string.sub(done, 1, sp - 1) == gen then return cjson.decode(string.sub(done, sp + 1)) end
+  if string.sub(done, 1, sp - 1) == gen then
+    local rest = string.sub(done, sp + 1)
+    if rest ~= 'held' then return cjson.decode(rest) end
+    same = true  -- held again under this generation: release it here
+  end
 end
 local now = now_s()
 local cost, tokens, unlimited = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
 local C, S = tonumber(ARGV[6]), tonumber(ARGV[7])
-local same = gen == ARGV[1]
 local reply = {'skipped'}
 if same or ARGV[8] ~= '1' then
   if same then
@@ -251,14 +260,15 @@ return reply
 # Management: take `amount` from an account, soonest expiry first, if its balance less
 # what its requests in flight reserved covers it (or always, with allow_debt); amount 0:
 # all of it (balance less reservations, if positive).
-# KEYS: loaded marker, grants, reserved, touched. ARGV: amount, allow_debt, account id.
-# {'ok', gen, reserved, field, take, ...} | {'insufficient_balance', available}
-# | {'not_loaded'}.
+# KEYS: loaded marker, grants, reserved, touched, settling. ARGV: amount, allow_debt,
+# account id. {'ok', gen, reserved, field, take, ...} | {'insufficient_balance', available}
+# | {'not_loaded'} | {'settling'}.
 DRAW = (
     LIB
     + r"""
 local gen = redis.call('GET', KEYS[1])
 if not gen then return {'not_loaded'} end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {'settling'} end
 local now = now_s()
 local amount = tonumber(ARGV[1])
 local gs = grants(KEYS[2])
@@ -304,6 +314,23 @@ end
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[3], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[2])
 redis.call('SET', KEYS[4], '1', 'EX', 86400)
+return {'ok'}
+"""
+
+# After a rebuild: hold one request in flight again under the new generation (its
+# reservation and every chain account's held), unless it was settled or held again under
+# it already. Its settle record says "<gen> held", so its settle releases it.
+# KEYS: loaded marker, settle record, reserved ("" unused when unlimited), then each chain
+# account's held. ARGV: the generation to hold under, estimate, unlimited.
+# {'ok'} | {'done'} (settled or held already) | {'other'} (another generation now).
+REHOLD = r"""
+local gen = redis.call('GET', KEYS[1])
+if gen ~= ARGV[1] then return {'other'} end
+local done = redis.call('GET', KEYS[2])
+if done and string.sub(done, 1, #gen + 1) == gen .. ' ' then return {'done'} end
+if ARGV[3] ~= '1' then redis.call('INCRBY', KEYS[3], ARGV[2]) end
+for i = 4, #KEYS do redis.call('INCRBY', KEYS[i], ARGV[2]) end
+redis.call('SET', KEYS[2], gen .. ' held', 'EX', 86400)
 return {'ok'}
 """
 

@@ -5,7 +5,8 @@ from memory (`ledger.balance(acc)`). Redis holds the real ones; this instance ap
 its own takes at once (plane.py, moves.py), and `Mirror` picks up everyone else's: each
 settle and draw marks its account in a Redis set with Redis's time, and once a second
 the mirror reads the grants of the accounts marked since its last look (one pipeline).
-After a rebuild (a new generation) it reads every account's once. Money is never
+After a rebuild (a new generation) it reads every account's once, and tells the plane,
+which holds this instance's requests in flight again under it. Money is never
 decided from this copy: the scripts decide in Redis.
 """
 
@@ -29,6 +30,7 @@ class Mirror:
         self.since = 0.0  # Redis time of the last look (0: none yet)
         self.generation = ""
         self.task: asyncio.Task | None = None
+        self.on_generation = None  # called with the generation each look sees
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -51,6 +53,8 @@ class Mirror:
     async def refresh(self) -> None:
         """One look: the accounts touched since the last one (all after a rebuild)."""
         now, ids = await self.hot.touched_since(max(self.since - OVERLAP, 0.0))
+        if self.on_generation is not None:
+            self.on_generation(self.hot.generation)
         state = self.gw.state
         if self.hot.generation != self.generation:
             self.generation = self.hot.generation

@@ -19,6 +19,12 @@ a flush interval as always) and the settle is retried as `late` until Redis answ
 - rebuilt since: skipped, because the rebuild read the store after waiting out every
   writer's flush interval, so its snapshot already counts this cost (never twice).
 
+A rebuild starts every reservation at zero, but requests admitted before it still run.
+Each instance keeps its holds in flight (`holding`) and, on seeing a new generation, holds
+them again under it (`REHOLD`, one round trip, each hold atomic against its own settle);
+their settles then release them as usual. The rebuild keeps admits and management draws
+out (503) for `SETTLING` seconds meanwhile, so nothing is admitted against them.
+
 This instance's memory (grants, reservations, month spend) is a display copy: it applies
 its own takes and holds at once, and `Mirror` refreshes the accounts any instance
 touched (a Redis set) every second.
@@ -78,6 +84,8 @@ class Plane:
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(6) + ":"
         self.tasks: set[asyncio.Task] = set()  # settles in flight
+        self.holding: dict[str, Ticket] = {}  # settle id -> the holds of requests in flight
+        self._reholding: asyncio.Task | None = None
         self.late: list[Pending] = []  # settles waiting for Redis
         self._retrying: asyncio.Task | None = None
 
@@ -129,12 +137,16 @@ class Plane:
 
     async def _admit(self, ask: Ask):
         try:
-            return await self.hot.admit(ask)
+            verdict = await self.hot.admit(ask)
         except StateUnavailable as exc:
-            self.rebuilder.kick()  # no-op unless Redis is back and empty
+            self.rebuilder.kick()  # no-op unless Redis is back and empty (or just rebuilt)
             raise exc.api_error() from None
+        self.notice(verdict.generation)
+        return verdict
 
     def _held(self, ctx, ticket: Ticket) -> None:
+        if ticket.ask.estimate_n:
+            self.holding[ticket.settle_id] = ticket
         ctx.limits, ctx.reserved_n = ticket, ticket.ask.estimate_n
         if not ctx.account.is_root:
             ctx.account.reserved_n += ticket.ask.estimate_n  # the display copy, this instance
@@ -151,9 +163,9 @@ class Plane:
         """Release the hold and debit ctx.cost_n; the usage record follows the takes."""
         self._spawn(self._unhold(ctx), ctx.account, ctx.cost_n, tokens, record)
 
-    @staticmethod
-    def _unhold(ctx) -> Ticket:
+    def _unhold(self, ctx) -> Ticket:
         ticket, acc = ctx.limits, ctx.account
+        self.holding.pop(ticket.settle_id, None)
         if not acc.is_root:
             acc.reserved_n -= ctx.reserved_n
         ctx.reserved_n = 0
@@ -221,6 +233,39 @@ class Plane:
     def _track(self, task: asyncio.Task) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    # -- holds in flight across a rebuild ---------------------------------------------
+    def notice(self, generation: str) -> None:
+        """Redis answered under `generation`: hold again what this instance holds under an
+        older one (in the background; one pass at a time)."""
+        if not generation or (self._reholding is not None and not self._reholding.done()):
+            return
+        if any(t.generation != generation for t in self.holding.values()):
+            self._reholding = asyncio.get_running_loop().create_task(self._rehold_loop())
+
+    async def _rehold_loop(self) -> None:
+        try:
+            while await self.rehold():
+                pass
+        except StateUnavailable as exc:  # the next notice tries again
+            log.warning("requests in flight not held again yet: %s", exc)
+        except Exception:
+            log.exception("holding requests in flight again failed")
+
+    async def rehold(self) -> bool:
+        """One pass: hold again, under Redis's generation, each hold of an older one; True
+        when Redis moved on meanwhile (another pass is due)."""
+        gen = await self.hot.loaded()
+        stale = [t for t in self.holding.values() if t.generation != gen]
+        if not gen or not stale:
+            return False
+        replies = await self.hot.rehold([(t.ask, t.settle_id) for t in stale], gen)
+        for ticket, reply in zip(stale, replies, strict=True):
+            if reply in ("ok", "done"):
+                ticket.generation = gen
+        if "ok" in replies:
+            log.warning("%d requests in flight held again after a rebuild", replies.count("ok"))
+        return "other" in replies
 
     # -- settles that missed Redis ---------------------------------------------------
     def _retry_soon(self) -> None:

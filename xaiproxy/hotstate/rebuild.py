@@ -51,6 +51,7 @@ class Rebuilder:
         self.task: asyncio.Task | None = None
         self.tried_at = 0.0
         self.rebuilds = 0  # rebuilds this instance made (metrics, tests)
+        self.on_generation = None  # called with each generation `ensure` returns
 
     async def ensure(self) -> str:
         """The generation, rebuilding Redis first when it is empty."""
@@ -59,6 +60,8 @@ class Rebuilder:
         gen = await hot.ensure_loaded(self._snapshot, PATIENCE)
         if gen != before and before:
             log.warning("redis was rebuilt from the store (generation %s)", gen)
+        if self.on_generation is not None:
+            self.on_generation(gen)
         return gen
 
     async def _snapshot(self) -> Snapshot:

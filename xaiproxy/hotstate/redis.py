@@ -29,6 +29,9 @@ from . import StateUnavailable, lua
 
 MAX_DELTA_N = 2**53 - 1  # Lua numbers are doubles: deltas stay exact below this
 MONTH_TTL = 40 * 86400  # a month's spend counter outlives its month, then expires
+# After a rebuild, admits and draws wait this long (503) while every instance holds its
+# requests in flight again (each notices a new generation within a second: mirror.py).
+SETTLING = 2.0
 FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 
 
@@ -85,6 +88,13 @@ def _takes(flat: list) -> list[tuple[int, int]]:
     ]
 
 
+def _unready(code: str) -> None:
+    if code == "not_loaded":
+        raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
+    if code == "settling":
+        raise StateUnavailable("redis was just rebuilt: requests in flight are held again")
+
+
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -119,7 +129,9 @@ class RedisState:
         self._publish = self.redis.register_script(lua.PUBLISH)
         self._unlock = self.redis.register_script(lua.UNLOCK)
         self._adjust = self.redis.register_script(lua.ADJUST)
+        self._rehold = self.redis.register_script(lua.REHOLD)
         self.marker = prefix + "loaded"
+        self.settling = prefix + "settling"  # set by a rebuild for SETTLING seconds
         self.touched = prefix + "touched"  # zset: account id -> when its grants last changed
         self.channel = prefix + "changes"
 
@@ -160,10 +172,9 @@ class RedisState:
         for _, values in ask.scopes:
             args += values
         async with self._guard():
-            reply = await self._admit(self._keys(ask), args)
+            reply = await self._admit(self._keys(ask) + [self.settling], args)
         code = _s(reply[0])
-        if code == "not_loaded":
-            raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
+        _unready(code)
         v = Verdict(code, self.generation)
         v.generation = self.generation = _s(reply[1])
         if code == "insufficient_balance":
@@ -204,6 +215,21 @@ class RedisState:
             raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
         return None if code == "skipped" else _takes(reply[1:])
 
+    async def rehold(self, holds: list[tuple[Ask, str]], generation: str) -> list[str]:
+        """Hold requests in flight (ask, settle id) again under `generation`, each atomically,
+        all in one round trip: per request "ok", "done" (settled or held already under it)
+        or "other" (Redis has another generation now)."""
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for ask, request_id in holds:
+                keys = [self.marker, f"{self.prefix}settled:{request_id}"]
+                keys.append(self._acc(ask.account_id, "reserved"))
+                keys += [self._acc(acc_id, "held") for acc_id, _ in ask.chain]
+                args = [generation, ask.estimate_n, int(ask.unlimited)]
+                await self._rehold(keys, args, client=pipe)
+            replies = await pipe.execute()
+        return [_s(r[0]) for r in replies]
+
     # -- money from management -----------------------------------------------------
     async def draw(
         self, account_id: int, amount_n: int, allow_debt: bool = False
@@ -221,11 +247,11 @@ class RedisState:
         if not 0 <= amount_n <= MAX_DELTA_N:
             raise ValueError(f"amount {amount_n} out of range")
         keys = [self.marker, self._acc(account_id, "grants"), self._acc(account_id, "reserved")]
+        keys += [self.touched, self.settling]
         async with self._guard():
-            reply = await self._draw(keys + [self.touched], [amount_n, int(allow_debt), account_id])
+            reply = await self._draw(keys, [amount_n, int(allow_debt), account_id])
         code = _s(reply[0])
-        if code == "not_loaded":
-            raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
+        _unready(code)
         if code == "insufficient_balance":
             return None
         return Drawn(_s(reply[1]), int(reply[2]), _takes(reply[3:]))
@@ -280,15 +306,18 @@ class RedisState:
 
     async def touched_since(self, since: float) -> tuple[float, list[int]]:
         """(Redis time now, accounts whose grants changed after `since`); forgets entries
-        older than a minute."""
+        older than a minute. Notes the generation (`self.generation`) on the way."""
         async with self._guard():
-            t, ids, _ = await (
+            t, ids, _, gen = await (
                 self.redis.pipeline(transaction=False)
                 .time()
                 .zrangebyscore(self.touched, f"({since!r}", "+inf")
                 .zremrangebyscore(self.touched, "-inf", since - 60)
+                .get(self.marker)
                 .execute()
             )
+        if gen:
+            self.generation = _s(gen)
         return t[0] + t[1] / 1e6, [int(x) for x in ids]
 
     async def balance(self, account_id: int) -> tuple[int, int]:
@@ -321,9 +350,10 @@ class RedisState:
         self.generation = _s(gen) if gen else ""
         return self.generation
 
-    async def load(self, snapshot: Snapshot) -> str:
+    async def load(self, snapshot: Snapshot, settling: float = 0.0) -> str:
         """Replace the money state with `snapshot` in one transaction, under a new generation.
-        Reservations start at zero; rate-limit counters, sleeps and locks are kept."""
+        Reservations start at zero; rate-limit counters, sleeps and locks are kept. Admits
+        and draws then wait `settling` seconds for requests in flight to be held again."""
         gen = secrets.token_hex(8)
         async with self._guard():
             old = [k async for k in self.redis.scan_iter(match=f"{self.prefix}a:*", count=1000)]
@@ -337,6 +367,8 @@ class RedisState:
             for acc_id, spent in snapshot.month_spend.items():
                 pipe.set(self._acc(acc_id, f"spent:{snapshot.month}"), spent, ex=MONTH_TTL)
             pipe.set(self.marker, gen)
+            if settling > 0:
+                pipe.set(self.settling, gen, px=int(settling * 1000))
             await pipe.execute()
         self.generation = gen
         return gen
@@ -345,7 +377,10 @@ class RedisState:
         self, snapshot: Callable[[], Awaitable[Snapshot]], patience: float = 30.0
     ) -> str:
         """The generation; when Redis is empty, one instance rebuilds it from `snapshot()`
-        (under a lock) while the others wait for the marker."""
+        (under a lock) while the others wait for the marker. A rebuild by an instance that
+        saw an earlier generation waits SETTLING (instances may hold requests in flight);
+        a first start does not."""
+        before = self.generation
         gen = await self.loaded()
         if gen:
             return gen
@@ -353,7 +388,7 @@ class RedisState:
         if token:
             try:
                 if not await self.loaded():  # another instance may have just finished
-                    await self.load(await snapshot())
+                    await self.load(await snapshot(), SETTLING if before else 0.0)
             finally:
                 await self.unlock("rebuild", token)
             return self.generation

@@ -24,6 +24,8 @@ class Shared:
         self.plane = Plane(gw, self.rebuilder)
         self.moves = Moves(gw, self.plane)
         self.mirror = Mirror(gw)
+        # A new generation seen anywhere: hold this instance's requests in flight again.
+        self.rebuilder.on_generation = self.mirror.on_generation = self.plane.notice
 
     async def start(self) -> None:
         gw = self.gw
