@@ -11,9 +11,11 @@ import aiohttp
 import pytest
 
 from tests.fakes import add_key, add_user, set_config
+from tests.test_shared_money import own_redis
 from tests.vendor_fakes import RealtimeFake
 
 pytest_plugins = ["tests.fakes_fixtures", "tests.vendor_fixtures"]
+__all__ = ["own_redis"]  # a fixture: a Redis of the test's own, to kill
 
 MODEL = "gpt-realtime"
 # $1 per 1k output tokens: a response of 10 output tokens costs 0.01.
@@ -190,3 +192,98 @@ async def test_a_429_handshake_rests_the_key_by_the_retry_policy(make_gateway, m
     (pkey,) = api.gw.state.keys.values()
     assert pkey.sleep_reason == "rate_limited"
     assert 25 < pkey.sleep_until - time.time() <= 30  # the upstream's Retry-After
+
+
+# -- with the money in Redis (SPEC 12) --------------------------------------------------
+async def redis_served(make_gateway, make_vendor, url, credit=100.0, floor=0.5, max_tokens=100):
+    fake = await make_vendor(RealtimeFake)
+    api = await make_gateway(default_max_tokens=max_tokens, call_floor=floor, redis=url)
+    await add_key(api, fake, Type="openai")
+    await set_config(api, PRICING=PRICING)
+    uid, key = await add_user(api, credit=credit)
+    return api, fake, uid, key
+
+
+async def until_closed(ws, events: list) -> aiohttp.WSMessage:
+    """Ask for responses one after another until the gateway closes; its close message."""
+    await ws.send_json({"type": "response.create"})
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return msg
+        events.append(msg.json())
+        if events[-1]["type"] == "response.done":
+            with contextlib.suppress(ConnectionResetError):
+                await ws.send_json({"type": "response.create"})
+
+
+async def test_redis_holds_and_settles_each_response_and_cuts_off_alike(
+    make_gateway, make_vendor, redis_url
+):
+    api, fake, uid, key = await redis_served(
+        make_gateway, make_vendor, redis_url, credit=2.0, floor=1.9, max_tokens=10
+    )
+    hot = api.gw.hot
+    events = []
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(
+            f"{api.url}/v1/realtime?model={MODEL}", headers={"Authorization": f"Bearer {key}"}
+        ) as ws,
+    ):
+        await next_of(ws, "session.created")
+        assert (await hot.balance(uid))[1] == round(0.0101e9)  # the session's hold, in Redis
+        msg = await until_closed(ws, events)
+    # The same cut-off as in memory: eight responses, then an error event and 1008.
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+    assert [e["type"] for e in events].count("response.done") == 8
+    assert events[-1]["error"]["code"] == "insufficient_balance"
+    await api.gw.shared.drain()
+    billed = await rows(api, uid)
+    assert len(billed) == 8 and all(r[2] == 10 for r in billed)
+    balance, reserved = await hot.balance(uid)
+    assert reserved == 0 and fake.closed == 1
+    assert balance == round(2e9) - sum(r[4] for r in billed)
+    acc = api.gw.state.accounts[uid]
+    for a in acc.chain[1:]:  # the HardLimit holds of the chain, released in Redis too
+        assert int(await hot.redis.get(f"xai:a:{a.id}:held") or 0) == 0
+    assert api.gw.ledger.balance_n(acc) == balance and acc.reserved_n == 0
+    assert (await api.gw.ledger.audit(api.gw.store))["ok"]
+
+
+async def test_redis_down_mid_session_closes_with_state_unavailable(
+    make_gateway, make_vendor, own_redis
+):
+    api, fake, uid, key = await redis_served(make_gateway, make_vendor, own_redis.url())
+    events = []
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(
+            f"{api.url}/v1/realtime?model={MODEL}", headers={"Authorization": f"Bearer {key}"}
+        ) as ws,
+    ):
+        await next_of(ws, "session.created")
+        plane = api.gw.shared.plane
+        first = set(plane.holding)
+        await ws.send_json({"type": "response.create"})
+        await next_of(ws, "response.done")
+        for _ in range(500):  # until the next response is held
+            if set(plane.holding) not in (first, set()):
+                break
+            await asyncio.sleep(0.01)
+        own_redis.kill()
+        msg = await until_closed(ws, events)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)  # try again later
+    assert events[-1] == {
+        "type": "error",
+        "error": {
+            "type": "api_error",
+            "code": "state_unavailable",
+            "message": "the gateway's shared state is unavailable; retry shortly",
+        },
+    }
+    assert [e["type"] for e in events].count("response.done") == 1
+    # Both responses are billed: the second's settle went to the store without Redis.
+    assert len(await rows(api, uid)) == 2
+    await asyncio.sleep(0.05)
+    assert fake.closed == 1

@@ -27,6 +27,11 @@ from .routing import Refused
 SUBPROTOCOL_KEY = "openai-insecure-api-key."
 SPEAKS = ("openai", "openai-compatible")  # key types with OpenAI's /v1/realtime
 DONE = '"response.done"'
+POOR = ApiError(
+    403,
+    "insufficient_balance",
+    "the balance no longer covers another response; recharge the account",
+)
 REALTIME = providers.Protocol(
     name="openai",
     auth_header="Authorization",
@@ -168,21 +173,21 @@ class Realtime:
         async for msg in upstream:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 await client.send_str(msg.data)
-                if DONE in msg.data and not await self._settle(ctx, msg.data):
-                    await self._cut_off(ctx, client)
+                if DONE in msg.data and (why := await self._settle(ctx, msg.data)):
+                    await self._cut_off(ctx, client, why)
                     return
             elif msg.type == aiohttp.WSMsgType.BINARY:
                 await client.send_bytes(msg.data)
         await client.close()  # the upstream ended the session
 
-    async def _settle(self, ctx: RequestContext, data: str) -> bool:
-        """Bill one response.done; False when the balance no longer covers another response."""
+    async def _settle(self, ctx: RequestContext, data: str) -> ApiError | None:
+        """Bill one response.done; why the session ends when no next response can be held."""
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return True
+            return None
         if not isinstance(event, dict) or event.get("type") != "response.done":
-            return True
+            return None
         response = event.get("response") if isinstance(event.get("response"), dict) else {}
         usage = response.get("usage")
         one = RequestContext(
@@ -206,21 +211,27 @@ class Realtime:
         ctx.reserved_n = 0
         self.billing.settle(one, Usage(usage if isinstance(usage, dict) else None), True)
         try:
-            return await self.billing.hold_again(ctx)
-        except ApiError:  # the shared state is unreachable: no hold, no next response
-            return False
+            if await self.billing.hold_again(ctx):
+                return None
+        except ApiError as exc:  # the shared state is unreachable: no hold, no next response
+            return exc
+        return POOR
 
-    async def _cut_off(self, ctx: RequestContext, client) -> None:
-        ctx.error = "insufficient_balance"
+    async def _cut_off(self, ctx: RequestContext, client, why: ApiError) -> None:
+        """An error event, then a close: 1008 when the balance ran out, 1013 (try again
+        later) when the shared state could not hold the next response."""
+        ctx.error = why.code
         err = {
-            "type": errors.TYPES[403],
-            "code": "insufficient_balance",
-            "message": "the balance no longer covers another response; recharge the account",
+            "type": errors.TYPES.get(why.status, "api_error"),
+            "code": why.code,
+            "message": why.message,
         }
         await client.send_str(orjson.dumps({"type": "error", "error": err}).decode())
-        await client.close(
-            code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"insufficient balance"
-        )
+        if why is POOR:
+            code, reason = aiohttp.WSCloseCode.POLICY_VIOLATION, b"insufficient balance"
+        else:
+            code, reason = aiohttp.WSCloseCode.TRY_AGAIN_LATER, why.code.encode()
+        await client.close(code=code, message=reason)
 
 
 def _subprotocol_key(request: web.Request) -> str | None:
