@@ -9,7 +9,11 @@ owner's EMAIL_* settings. Each alert goes out once:
   (default 3; 0 turns it off); the next request that sees it recovered re-arms it.
 
 What was sent lives in `alerts_sent` and is loaded at start, so a restart sends
-nothing twice. A mail server that fails is retried a few times, then left alone for
+nothing twice. With `redis` set (many instances), the hook only notes the account: once
+a second a background look reads the shared month spend from Redis (each instance's
+memory counts its own requests only), and an alert goes out only by the instance that
+claims it there first (SET NX per account and kind, and month for the soft limit), so N
+instances send one mail, not N. A mail server that fails is retried a few times, then left alone for
 a cool-down; no request ever waits for it or fails because of it. Owners without
 EMAIL_SMTP get no mail (logged once per owner).
 """
@@ -25,6 +29,7 @@ from email.message import EmailMessage
 
 from xaiproxy import ledger
 from xaiproxy.api import Column, Table, months
+from xaiproxy.hotstate import StateUnavailable
 from xaiproxy.state import Account
 from xaiproxy.store import ops as o
 
@@ -32,6 +37,7 @@ from . import _mail
 
 log = logging.getLogger("xaiproxy.alerts")
 SOFT, LOW = "soft_limit", "low_balance"
+CLAIM_TTL = 40 * 86400  # a claim outlives its month (soft) or waits for a re-arm (low)
 TABLE = "alerts_sent"
 # Created by the core schema before plugins had tables (kept: IF NOT EXISTS adopts it).
 SENT = Table(
@@ -74,6 +80,12 @@ class Alerts:
         self.task: asyncio.Task | None = None
         self.sent = 0
         self.month = months.current  # "YYYY-MM" now; a test may move it to another month
+        # With Redis: accounts to look at (soft limit, low balance) and to re-arm.
+        self.every = 1.0  # seconds between two looks
+        self.due: set[int] = set()
+        self.low_due: set[int] = set()
+        self.rearm: set[int] = set()
+        self.shared: asyncio.Task | None = None
 
     # -- lifecycle --------------------------------------------------------
     async def start(self) -> None:
@@ -84,11 +96,15 @@ class Alerts:
             elif kind == LOW:
                 self.low.add(account_id)
         self.task = asyncio.create_task(self._run(), name="xaiproxy-alerts")
+        self.shared = asyncio.create_task(self._look(), name="xaiproxy-alerts-shared")
 
     async def stop(self) -> None:
         """Give queued mail a short while to go out, then stop the sender."""
         if self.task is None:
             return
+        if self.shared is not None:
+            self.shared.cancel()
+            await asyncio.gather(self.shared, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.queue.join(), self.drain_timeout)
         self.task.cancel()
@@ -106,9 +122,16 @@ class Alerts:
 
     def check_soft(self, acc: Account) -> None:
         month = self.month()
-        spent = ledger.month_spend(acc, month)
-        if acc.soft_limit <= 0 or spent < acc.soft_limit or self.soft.get(acc.id) == month:
+        if acc.soft_limit <= 0 or self.soft.get(acc.id) == month:
             return
+        if self.gw.hot is not None:  # every instance's spend is in Redis: looked at there
+            self.due.add(acc.id)
+            return
+        spent = ledger.month_spend(acc, month)
+        if spent >= acc.soft_limit:
+            self._soft(acc, month, spent)
+
+    def _soft(self, acc: Account, month: str, spent: float) -> bool:
         subject = f"[xaiproxy] {acc.name}: spend this month reached the soft limit"
         text = (
             f"Account {acc.name} (ID {acc.id}) has spent {spent:.4f} in {month},"
@@ -117,6 +140,8 @@ class Alerts:
         )
         if self._queue(acc, SOFT, month, subject, text):
             self.soft[acc.id] = month
+            return True
+        return False
 
     def check_low(self, acc: Account) -> None:
         threshold = self.gw.config(acc.owner_acc.id).number("LOW_BALANCE")
@@ -127,9 +152,17 @@ class Alerts:
             if acc.id in self.low:  # recharged: re-arm
                 self.low.discard(acc.id)
                 self.gw.store.submit([o.RowDelete(TABLE, {"account_id": acc.id, "kind": LOW})])
+                if self.gw.hot is not None:
+                    self.rearm.add(acc.id)
             return
         if acc.id in self.low:
             return
+        if self.gw.hot is not None:  # claimed in Redis first, by one instance
+            self.low_due.add(acc.id)
+            return
+        self._low(acc, balance, threshold)
+
+    def _low(self, acc: Account, balance: float, threshold: float) -> bool:
         subject = f"[xaiproxy] {acc.name}: low balance"
         text = (
             f"Account {acc.name} (ID {acc.id}) has a balance of {balance:.4f},"
@@ -138,6 +171,71 @@ class Alerts:
         )
         if self._queue(acc, LOW, time.strftime("%Y-%m-%d", time.gmtime()), subject, text):
             self.low.add(acc.id)
+            return True
+        return False
+
+    # -- many instances: the shared spend, one claim per alert ------------------------
+    async def _look(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            if self.gw.hot is None:
+                continue
+            try:
+                await self.look()
+            except StateUnavailable as exc:
+                log.info("alerts wait for redis: %s", exc)
+            except Exception:
+                log.exception("looking at alerts through redis failed")
+
+    async def look(self) -> None:
+        """Re-arm, then check the noted accounts against Redis (one pipeline of month spends)."""
+        hot, accounts = self.gw.hot, self.gw.state.accounts
+        while self.rearm:
+            acc_id = self.rearm.pop()
+            try:
+                await hot.release_lock(_claim(LOW, acc_id))
+            except StateUnavailable:
+                self.rearm.add(acc_id)
+                raise
+        month = self.month()
+        due, self.due = self.due, set()
+        soft = [a for i in due if (a := accounts.get(i)) is not None and a.soft_limit > 0]
+        try:
+            own = await hot.own_month_spends([(a.id, list(a.children)) for a in soft], month)
+        except StateUnavailable:
+            self.due |= due
+            raise
+        for acc in soft:
+            spent = ledger.from_n(own[acc.id], acc.rates)
+            if spent >= acc.soft_limit and self.soft.get(acc.id) != month:
+                if await self._claimed(SOFT, acc.id, month):
+                    if not self._soft(acc, month, spent):
+                        await self._unclaim(SOFT, acc.id, month)
+                else:  # another instance sent it
+                    self.soft[acc.id] = month
+        low, self.low_due = self.low_due, set()
+        for acc_id in low:
+            acc = accounts.get(acc_id)
+            if acc is None or acc.id in self.low:
+                continue
+            threshold = self.gw.config(acc.owner_acc.id).number("LOW_BALANCE")
+            balance = ledger.balance(acc)
+            if threshold <= 0 or balance >= threshold:
+                continue
+            if await self._claimed(LOW, acc.id):
+                if not self._low(acc, balance, threshold):
+                    await self._unclaim(LOW, acc.id)
+            else:
+                self.low.add(acc.id)
+
+    async def _claimed(self, kind: str, account_id: int, period: str = "") -> bool:
+        return await self.gw.hot.lock(_claim(kind, account_id, period), CLAIM_TTL) is not None
+
+    async def _unclaim(self, kind: str, account_id: int, period: str = "") -> None:
+        """Not sent after all (no mail server, a full queue, a failed send): let it go again."""
+        if self.gw.hot is not None:
+            with contextlib.suppress(StateUnavailable):  # it expires by itself
+                await self.gw.hot.release_lock(_claim(kind, account_id, period))
 
     def _queue(self, acc: Account, kind: str, period: str, subject: str, text: str) -> bool:
         owner = acc.owner_acc
@@ -186,6 +284,7 @@ class Alerts:
                 self._record(mail)
                 return
         self._give_up(mail)
+        await self._unclaim(mail.kind, mail.account_id, mail.period if mail.kind == SOFT else "")
 
     def _record(self, mail: Mail) -> None:
         self.sent += 1
@@ -213,6 +312,10 @@ class Alerts:
         msg.set_content(mail.text)
         # Resolved and checked again at send time: the name may resolve elsewhere by now.
         await _mail.send(self.gw, mail.owner_id, msg, self.smtp_timeout)
+
+
+def _claim(kind: str, account_id: int, period: str = "") -> str:
+    return f"alert:{kind}:{account_id}:{period}"
 
 
 def instance(gw) -> Alerts | None:

@@ -18,6 +18,7 @@ from xaiproxy import ledger
 from xaiproxy.context import RequestContext
 
 make_upstream, upstream = fakes.make_upstream, fakes.upstream  # fixtures
+CHAT = "/v1/chat/completions"
 
 
 class Inbox:
@@ -276,3 +277,51 @@ async def test_real_requests_trigger_the_alert_and_survive_a_dead_server(
     await asyncio.sleep(0.05)
     (mail,) = smtp.messages
     assert mail.rcpt_tos == [api.gw.state.accounts[uid].email]
+
+
+async def test_instances_sharing_redis_mail_each_alert_once(
+    aiohttp_server, tmp_path, upstream, redis_url, smtp
+):
+    """Two gateways on one database and one Redis: the soft limit is read from the spend of
+    both (each alone is under it), and each alert goes out from one of them only."""
+    db = tmp_path / "shared.db"
+    a = await start_gateway(aiohttp_server, db, redis=redis_url)
+    try:
+        await fakes.add_key(a, upstream)
+        await use_smtp(a, smtp.port)
+        uid, key = await add_user(a, credit=3.5, SoftLimit=0.5)
+        b = await start_gateway(aiohttp_server, db, redis=redis_url)
+        try:
+            for api in (a, b):
+                alerts_of(api).every = 0.05
+            name = a.gw.state.accounts[uid].name
+            costly = {"x-fake-usage": '{"completion_tokens": 30000}'}  # 0.3 each with gpt-4o
+
+            async def spend(*apis) -> None:
+                for api in apis:
+                    r = await api.post(CHAT, chat("gpt-4o"), key=key, headers=costly)
+                    assert r.status == 200, r.body
+                    await api.gw.shared.drain()
+
+            await spend(a, b)  # 0.6 together, 0.3 on each instance
+            assert all(0.3 < ledger.month_spend(x.gw.state.accounts[uid]) < 0.31 for x in (a, b))
+            await settle(alerts_of(a), smtp, 1)
+            assert smtp.subjects() == [
+                f"[xaiproxy] {name}: spend this month reached the soft limit"
+            ]
+            await spend(a, b, a, b)  # 1.8 spent: over the soft limit on each instance now,
+            await asyncio.sleep(1.2)  # and the balance, 1.7, is under LOW_BALANCE (3) on each
+            for api in (a, b) * 2:
+                assert (await api.post(CHAT, chat(), key=key)).status == 200
+            await asyncio.sleep(0.3)
+            for api in (a, b):
+                await settle(alerts_of(api))
+            await asyncio.sleep(0.05)
+            assert sorted(smtp.subjects()) == [
+                f"[xaiproxy] {name}: low balance",
+                f"[xaiproxy] {name}: spend this month reached the soft limit",
+            ]
+        finally:
+            await b.close()
+    finally:
+        await a.close()

@@ -338,6 +338,28 @@ class RedisState:
                 total += rem
         return total, int(reserved or 0)
 
+    async def own_month_spends(
+        self, accounts: list[tuple[int, list[int]]], month: str
+    ) -> dict[int, int]:
+        """{account: its own spend in `month`} for (account, its children's ids) pairs:
+        its subtree's spend less its children's subtrees' (one pipeline)."""
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for acc_id, children in accounts:
+                for i in (acc_id, *children):
+                    pipe.get(self._acc(i, f"spent:{month}"))
+            raw = iter(await pipe.execute())
+        out = {}
+        for acc_id, children in accounts:
+            tree = int(next(raw) or 0)
+            out[acc_id] = tree - sum(int(next(raw) or 0) for _ in children)
+        return out
+
+    async def release_lock(self, name: str) -> None:
+        """Drop a lock whoever holds it (a claim that is over: see `lock`)."""
+        async with self._guard():
+            await self.redis.delete(f"{self.prefix}lock:{name}")
+
     async def month_spend(self, account_id: int, month: str) -> int:
         async with self._guard():
             return int(await self.redis.get(self._acc(account_id, f"spent:{month}")) or 0)
