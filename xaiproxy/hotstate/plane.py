@@ -47,6 +47,7 @@ from .redis import MAX_DELTA_N, Ask
 log = logging.getLogger("xaiproxy.hotstate")
 RETRY_FIRST, RETRY_MOST = 0.2, 5.0  # seconds between retries of a settle Redis missed
 DRAIN_PATIENCE = 5.0  # at stop: how long settles wait for Redis before giving up on it
+INHERIT_LOCK, INHERIT_GAP, INHERIT_TRIES = 30.0, 0.05, 200  # a deleted account's rest, once
 
 
 @dataclasses.dataclass(slots=True)
@@ -85,6 +86,7 @@ class Plane:
         self._prefix = secrets.token_hex(6) + ":"
         self.tasks: set[asyncio.Task] = set()  # settles in flight
         self.holding: dict[str, Ticket] = {}  # settle id -> the holds of requests in flight
+        self.inheriting: set[asyncio.Task] = set()  # deleted accounts' rests being settled
         self._reholding: asyncio.Task | None = None
         self.late: list[Pending] = []  # settles waiting for Redis
         self._retrying: asyncio.Task | None = None
@@ -221,13 +223,45 @@ class Plane:
 
     def settle_deleted(self, acc) -> None:
         """A deleted account's rest (or debt) to its heir, as a unit through Redis."""
-        self._track(asyncio.get_running_loop().create_task(self._settle_deleted(acc)))
+        task = asyncio.get_running_loop().create_task(self._settle_deleted(acc))
+        self._track(task)
+        self.inheriting.add(task)
+        task.add_done_callback(self.inheriting.discard)
 
     async def _settle_deleted(self, acc) -> None:
+        """After this instance's settles so far (their costs are Redis's to count), and only
+        when no request of the account is held anywhere: its rest as Redis has it goes to
+        the heir, or its debt is paid by it (SPEC 4), once (a lock per account)."""
         gw = self.gw
+        settles = [t for t in self.tasks if t not in self.inheriting]
+        await asyncio.gather(*settles, return_exceptions=True)
+        if any(t.ask.account_id == acc.id for t in self.holding.values()):
+            return  # this instance's last request of it settles it
+        name = f"inherit:{acc.id}"
         try:
-            await changes.commit(gw.state, gw.store, lambda: (None, gw.ledger.settle_deleted(acc)))
-        except ApiError as exc:  # requests in flight elsewhere, or Redis away: left as it is
+            for _ in range(INHERIT_TRIES):  # another instance may be at it: wait for it
+                if token := await self.hot.lock(name, INHERIT_LOCK):
+                    break
+                await asyncio.sleep(INHERIT_GAP)
+            else:
+                log.warning("deleted account %d not settled: its lock stayed taken", acc.id)
+                return
+            try:
+                _, reserved = await self.hot.balance(acc.id)
+                if reserved:  # another instance's request still runs: its end settles it
+                    return
+                found = (await self.hot.grants([acc.id]))[acc.id]
+                for g in acc.grants:  # the display copy as Redis has it: the rest is exact
+                    g.remaining_n = found.get(g.id, g.remaining_n)
+                acc.reserved_n = 0
+                await changes.commit(
+                    gw.state, gw.store, lambda: (None, gw.ledger.settle_deleted(acc))
+                )
+            finally:
+                await self.hot.unlock(name, token)
+        except StateUnavailable as exc:
+            log.warning("deleted account %d not settled yet: %s", acc.id, exc)
+        except ApiError as exc:  # Redis away, or a request admitted meanwhile: left as it is
             log.warning("deleted account %d not settled yet: %s", acc.id, exc.message)
 
     def _track(self, task: asyncio.Task) -> None:
