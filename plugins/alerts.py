@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 
 from xaiproxy import ledger
-from xaiproxy.api import Column, Table, months
-from xaiproxy.hotstate import StateUnavailable
+from xaiproxy.api import Column, StateUnavailable, Table, months
 from xaiproxy.state import Account
 from xaiproxy.store import ops as o
 

@@ -13,12 +13,15 @@ may move inside xaiproxy, these imports stay.
 - `ApiError`, `Code`: errors answered as `{"error": {"message", "type", "code"}}`;
   `StartError`: a problem that stops the start with one line.
 - `Table`, `Column`, `AddColumn`: a plugin's own tables, declared as data (`gw.migrations`).
+- `StateUnavailable`: what `gw.hot` (the shared state in Redis, SPEC 12) raises when
+  Redis cannot answer.
 """
 
 from . import months, responses, usage
 from .context import RequestContext
 from .errors import ApiError, Code, StartError
 from .hooks import BeforeUpstream, Hooks, HooksFrozen, OnRequestEnd, OnUsage
+from .hotstate import StateUnavailable
 from .plugins import NO_QUERY, Call, Gateway, Option, Options, RouteSpec, context_of
 from .state import Account, ProviderKey, State
 from .store.ops import AddColumn, Column, Table
@@ -45,6 +48,7 @@ __all__ = [
     "RequestContext",
     "RouteSpec",
     "StartError",
+    "StateUnavailable",
     "State",
     "Usage",
     "UsageRow",
