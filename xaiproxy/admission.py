@@ -116,8 +116,11 @@ class Admission:
         if request.content_length is not None and request.content_length > cap:
             raise _too_large(cap)
         try:
-            async with asyncio.timeout(self.settings.client_body_timeout):
+            if request.content.is_eof():  # all of it came with the head: no deadline to arm
                 body = await request.read()
+            else:
+                async with asyncio.timeout(self.settings.client_body_timeout):
+                    body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise _too_large(cap) from None
         except TimeoutError:
