@@ -23,6 +23,7 @@ The data plane reads the in-memory map only; the table is read once at start.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterator
@@ -79,6 +80,7 @@ LIST_CAP = 16 * 1024 * 1024  # a list answer is read whole to filter it
 _FIRST_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
 
 
+@functools.lru_cache(maxsize=1024)  # every data-plane request asks; few distinct paths
 def parse(method: str, path: str) -> tuple[str, str] | None:
     """(collection, top object id or "") of a stateful path; None for anything else."""
     segs = [s for s in path.split("/") if s]  # "/v1//files" is "/v1/files" too
