@@ -7,6 +7,7 @@ as `xaiproxy serve` starts it, writing to a file the test reads back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import aiohttp
@@ -25,6 +26,7 @@ from tests.helpers import ROOT_KEY, Api
 from xaiproxy import accesslog, server
 from xaiproxy import settings as settings_mod
 from xaiproxy.app import create_app
+from xaiproxy.context import RequestContext
 
 
 @pytest.fixture
@@ -146,3 +148,25 @@ def test_paths_are_cut_and_keys_redacted_with_or_without_the_fast_path():
     assert accesslog._redact("/x" * 400) == ("/x" * 400)[:300]
     redacted = accesslog._redact(f"/v1/files/{key}/content")
     assert key not in redacted and redacted.startswith("/v1/files/sk-")
+
+
+async def test_a_sent_and_logged_request_leaves_nothing_to_the_cycle_collector(logged, upstream):  # noqa: F811
+    """The context and its request refer to each other until the answer is logged; then
+    the link is dropped, so a request's objects go with reference counting, not a GC pass."""
+    api, path = logged
+    await add_key(api, upstream)
+    uid, user_key = await add_user(api, credit=50)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for stream in (False, True):
+            reply = await api.post("/v1/chat/completions", chat(stream=stream), key=user_key)
+            assert reply.status == 200
+        records = await _lines(path, 4)
+        assert records[-1]["prompt_tokens"] == PROMPT_TOKENS  # the log still saw the context
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, (RequestContext, web.BaseRequest))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []

@@ -22,6 +22,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from . import errors
 from .app import GATEWAY
+from .plugins import REQUEST_CTX
 
 log = logging.getLogger("xaiproxy.server")
 _HEAD_TIMEOUT_BODY = errors.body(
@@ -52,6 +53,10 @@ class _Protocol(RequestHandler):
             return await super().finish_response(request, resp, start_time)
         finally:
             self._awaiting_head = True  # what comes next is the next request's head
+            # The data plane's context and its request refer to each other: with the
+            # answer sent and logged, drop the request's side, so reference counting
+            # frees the request's objects now (not the cycle collector, later).
+            request.pop(REQUEST_CTX, None)
 
     def connection_lost(self, exc) -> None:
         self._stop_head_timer()
