@@ -47,6 +47,7 @@ class Scenario:
 SCENARIOS = {
     s.name: s
     for s in (
+        Scenario("stream-1", stream=True, concurrency=1),  # unloaded: time to first byte
         Scenario("plain-50", stream=False, concurrency=50),
         Scenario("stream-50", stream=True, concurrency=50),
         Scenario("stream-500", stream=True, concurrency=500),
@@ -54,7 +55,7 @@ SCENARIOS = {
         Scenario("anthropic-stream-50", True, 50, anthropic=True, model="claude-3-5-haiku-latest"),
     )
 }
-DEFAULT_SCENARIOS = ["plain-50", "stream-50", "stream-500", "stream-500-20ms"]
+DEFAULT_SCENARIOS = ["stream-1", "plain-50", "stream-50", "stream-500", "stream-500-20ms"]
 TARGETS = {
     "mock": MockTarget,
     "nginx": NginxTarget,

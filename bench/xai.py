@@ -57,7 +57,12 @@ class XaiproxyTarget(Target):
         self.url = f"http://127.0.0.1:{port}"
         self.root_key = self.root_key or random_key("sk-Xvs", 45)
         self.db = self.db or ctx.tmp / "x.db"
-        env = {**os.environ, "XAI_ROOT_KEY": self.root_key, "XAI_ALLOW_PRIVATE_PROVIDERS": "1"}
+        env = {
+            **os.environ,
+            "XAI_ROOT_KEY": self.root_key,
+            "XAI_ALLOW_PRIVATE_PROVIDERS": "1",
+            "XAI_ACCOUNT_MAX_INFLIGHT": "100000",  # one user holds all 500 connections
+        }
         cmd = [XAIPROXY_BIN, "serve", "--host", "127.0.0.1", "--port", port, "--db", self.db]
         await self.launch(ctx, cmd, "/healthz", 120, env)
         self.version = xaiproxy_version()
