@@ -4,9 +4,10 @@ Everything here runs from memory (SPEC 9): the account, keys, config, limits and
 balances are in `gw.state`; the one write per request (usage row and balance deltas)
 is queued with `gw.store.submit` and committed by the batched writer.
 
-Contracts for plugins and operations: `request[plugins.REQUEST_CTX]` holds the RequestContext from
-the start; every response carries `x-request-id`; `gw.hooks.on_request_end` fires for
-every request in a finally; `gw.streams_open` counts responses being relayed.
+Contracts for plugins and operations: `request[plugins.REQUEST_CTX]` holds the RequestContext
+from the start until the answer is sent and logged (server.py then drops it); every response
+carries `x-request-id`; `gw.hooks.on_request_end` fires for every request in a finally;
+`gw.streams_open` counts responses being relayed.
 """
 
 from __future__ import annotations
