@@ -12,11 +12,9 @@ batch that loses a deadlock to another instance is retried whole. A raw
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -24,6 +22,7 @@ import asyncpg
 from . import ops as o
 from . import postgres_schema as pg
 from . import tables
+from .writer import GroupCommit
 
 log = logging.getLogger("xaiproxy.store")
 
@@ -52,31 +51,19 @@ BATCH_ERRORS = (
 )
 
 
-class PostgresStore:
+class PostgresStore(GroupCommit):
     def __init__(self, url: str, flush_interval: float = 0.2) -> None:
+        super().__init__(flush_interval)
         self.url = url
-        self.flush_interval = flush_interval
-        self._queue: list[tuple[list, asyncio.Future | None]] = []
-        self._usage: list[o.UsageRecord] = []
-        self._deltas: dict[int, int] = {}
-        self._wake = asyncio.Event()
-        self._urgent = asyncio.Event()
         self._conn: asyncpg.Connection | None = None  # the writer's own connection
         self._pool: asyncpg.Pool | None = None  # readers
-        self._task: asyncio.Task | None = None
-        self._closing = False
-        self.closed = False
-        self.last_flush_seconds = 0.0
-        self.flushes = 0
-        self.write_errors = 0
-        self.tables = tables.Tables()
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
         self._conn = await self._connect()
         await pg.migrate(self._conn)
         self._pool = await self._guard(asyncpg.create_pool(self.url, min_size=1, max_size=4))
-        self._task = asyncio.create_task(self._run(), name="xaiproxy-writer")
+        self._start()
 
     async def _connect(self) -> asyncpg.Connection:
         return await self._guard(asyncpg.connect(self.url, timeout=10))
@@ -97,102 +84,18 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Commit everything queued, then disconnect."""
-        self.closed = self._closing = True
-        self._wake.set()
-        self._urgent.set()
-        if self._task:
-            await self._task
+        await self._stop()
         if self._pool:
             await self._pool.close()
         if self._conn:
             await self._conn.close()
 
     # -- writing ---------------------------------------------------------
-    @property
-    def queue_depth(self) -> int:
-        return len(self._queue) + len(self._usage)
-
-    def submit_usage(self, record: o.UsageRecord, ops: list) -> None:
-        """Queue one usage record and the balance ops of its spend (no wait: group commit)."""
-        self._usage.append(record)
-        deltas = self._deltas
-        for op in ops:
-            if type(op) is o.GrantDelta:
-                deltas[op.grant_id] = deltas.get(op.grant_id, 0) + op.take_n
-            else:
-                self._queue.append((self.render(op), None))
-        self._wake.set()
-
-    def submit(self, ops: list, wait: bool = False) -> asyncio.Future | None:
-        """Queue one unit (applied all or nothing). With wait, return a future for its commit."""
-        if self._closing and self._task is None:
-            raise RuntimeError("store is closed")
-        statements = [st for op in ops for st in self.render(op)]
-        fut = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.append((statements, fut))
-        self._wake.set()
-        if wait:
-            self._urgent.set()
-        return fut
-
     def render(self, op) -> list[Statement]:
         fn = ROW_RENDER.get(type(op))
         return render(op) if fn is None else fn(self.tables, op)
 
-    async def write(self, ops: list) -> None:
-        await self.submit(ops, wait=True)
-
-    async def flush(self) -> None:
-        await self.write([])
-
-    async def _run(self) -> None:
-        while True:
-            if not (self._queue or self._usage or self._deltas):
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if not self._urgent.is_set() and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
-            batch, self._queue = self._queue, []
-            usage, self._usage = self._usage, []
-            deltas, self._deltas = self._deltas, {}
-            self._urgent.clear()
-            started = time.perf_counter()
-            try:
-                errors = await self._commit_retrying(batch, usage, deltas)
-            except Exception as exc:  # the whole transaction failed (connection, server)
-                log.error("batch of %d units failed: %s", len(batch), exc)
-                errors = [exc] * len(batch)
-                self._requeue(batch, usage, deltas)
-                await asyncio.sleep(self.flush_interval)  # a failing database is not retried hot
-            self.last_flush_seconds = time.perf_counter() - started
-            self.flushes += 1
-            # Newest first: a waiting caller undoes its memory change, so undo in reverse.
-            for (_, fut), err in reversed(list(zip(batch, errors, strict=True))):
-                if fut is not None and not fut.done():
-                    if err is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(err)
-
-    def _requeue(self, batch: list, usage: list, deltas: dict[int, int]) -> None:
-        """After a failed transaction, keep what the data plane already applied in memory.
-
-        Management units are failed instead (their callers undo); at close nothing is kept.
-        """
-        if self._closing:
-            self.write_errors += len(batch) + len(usage)
-            return
-        self._queue[:0] = [(ops, None) for ops, fut in batch if fut is None]
-        self._usage[:0] = usage
-        for gid, n in deltas.items():
-            self._deltas[gid] = self._deltas.get(gid, 0) + n
-        self.write_errors += sum(1 for _, fut in batch if fut is not None)
-
-    async def _commit_retrying(self, batch: list, usage: list, deltas: dict[int, int]) -> list:
+    async def _commit_batch(self, batch: list, usage: list, deltas: dict[int, int]) -> list:
         for attempt in range(RETRIES):
             if self._conn is None or self._conn.is_closed():
                 self._conn = await asyncpg.connect(self.url, timeout=10)
