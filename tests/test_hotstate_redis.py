@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 
@@ -259,7 +260,7 @@ async def test_a_killed_redis_fails_closed_and_is_rebuilt_from_the_snapshot():
         await a.settle(x, before.generation, "old", usd(2), 0)
         assert await a.balance(2) == (usd(48), usd(0.3))
         # A late retry of a settle whose usage the database already has: skipped.
-        assert await a.settle(x, before.generation, "late", usd(2), 0, late=True) is None
+        assert await a.settle(x, before.generation, "late", usd(2), 0, late=0.0) is None
         assert await a.balance(2) == (usd(48), usd(0.3))
     finally:
         await a.close()
@@ -294,8 +295,24 @@ async def test_a_rebuild_holds_requests_in_flight_again_whatever_the_order_of_se
     # `second` settles after: its old generation's settle releases what it holds now, once.
     assert await a.settle(second, old, "second", usd(0.5), 0) == [(14, usd(0.5))]
     assert await a.settle(second, old, "second", usd(0.5), 0) == [(14, usd(0.5))]
-    assert await a.settle(third, gen, "third", 0, 0, late=True) == []
+    assert await a.settle(third, gen, "third", 0, 0, late=0.0) == []
     assert await b.balance(3) == (usd(9), 0)
     assert [int(await b.redis.get(f"xai:a:{i}:held")) for i in (1, 2, 3)] == [0] * 3
     await asyncio.sleep(0.3)
     assert (await b.admit(ask(0.1, account=3))).code == "ok"
+
+
+async def test_a_late_settle_is_debited_unless_the_rebuilds_snapshot_counted_it(two):
+    """A late settle from before a rebuild: skipped if the store committed its usage before
+    the snapshot was read (the snapshot counts it), else debited in the new generation."""
+    a, b = two
+    held = [ask(account=3) for _ in range(3)]
+    old = [(await a.admit(x)).generation for x in held][0]
+    taken = await b.time()
+    gen = await b.load(dataclasses.replace(snapshot(), taken_at=taken))
+    assert gen.endswith(f"@{taken:.6f}") and await b.balance(3) == (usd(10), 0)
+    await asyncio.sleep(0.05)
+    assert await a.settle(held[0], old, "before", usd(1), 0, late=1.0) is None
+    assert await a.settle(held[1], old, "after", usd(1), 0, late=0.01) == [(14, usd(1))]
+    assert await a.settle(held[2], old, "unknown", usd(2), 0, late=-1.0) == [(14, usd(2))]
+    assert await b.balance(3) == (usd(7), 0)  # debited, no hold of the old generation released

@@ -4,6 +4,7 @@ two of them sharing one SQLite file and one Redis where instances matter."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -219,3 +220,52 @@ async def test_a_settle_that_missed_redis_is_applied_once_when_it_answers(
     assert balance == await store_balance(api, uid) == 20 * 10**9 - await spent(api, uid)
     assert api.gw.shared.rebuilder.rebuilds == 1  # the first start's only
     assert (await api.gw.ledger.audit(api.gw.store))["ok"]
+
+
+async def test_a_late_settle_committed_after_the_rebuilds_snapshot_is_debited(
+    tmp_path, upstream, own_redis
+):
+    """B's settle misses Redis and its store commit lands after A's rebuild read the
+    snapshot: B's late settle is debited in the new generation (it used to be skipped as
+    already counted, leaving Redis with more money than the store)."""
+    db = tmp_path / "shared.db"
+    a = await start_gateway(db, redis=own_redis.url())
+    b = None
+    try:
+        await add_key(a, upstream)
+        uid, key = await add_user(a, credit=20)
+        b = await start_gateway(db, redis=own_redis.url())
+        loop = asyncio.get_running_loop()
+        b.gw.shared.rebuilder.tried_at = loop.time() + 1000  # A rebuilds, not B
+        flying = asyncio.ensure_future(
+            b.post(CHAT, chat(stream=True), key=key, headers={"x-fake-delay": "0.3"})
+        )
+        await asyncio.sleep(0.2)
+        own_redis.kill()
+        b.gw.store._exec.submit(time.sleep, 2.5)  # B's disk stalls: its commit comes late
+        assert (await flying).status == 200
+        for _ in range(100):  # its settle runs in the background
+            if b.gw.shared.plane.late:
+                break
+            await asyncio.sleep(0.01)
+        assert b.gw.shared.plane.late
+        own_redis.start()  # empty
+        for _ in range(50):
+            try:
+                await a.gw.shared.rebuilder.ensure()
+                break
+            except Exception:  # a stale pooled connection first
+                await asyncio.sleep(0.05)
+        assert a.gw.shared.rebuilder.rebuilds == 2 and b.gw.shared.rebuilder.rebuilds == 0
+        await settled(b)
+        assert not b.gw.shared.plane.late
+        await settled(a)
+        balance, reserved = await a.gw.hot.balance(uid)
+        assert await spent(a, uid) > 0
+        assert reserved == 0
+        assert balance == await store_balance(a, uid) == 20 * 10**9 - await spent(a, uid)
+        assert (await a.gw.ledger.audit(a.gw.store))["ok"]
+    finally:
+        if b is not None:
+            await b.close()
+        await a.close()

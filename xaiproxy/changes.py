@@ -62,14 +62,7 @@ async def _commit(state: State, store, work: Work, sync) -> Any:
         # units reach the writer in the order memory saw them (a later unit's row never
         # lands under an earlier one's).
         async with moves.order:
-            moves.clear()
-            with state.recording() as undo:
-                result, ops = work()
-            try:
-                ops, shared = await moves.before_write(ops)
-            except BaseException:
-                undo()
-                raise
+            result, ops, shared, undo = await moves.prepare(state, work)
             stored = _queue(store, ops)
     try:
         await stored

@@ -259,10 +259,12 @@ class Ledger:
 
     # Management moves: with the money in Redis (`state.moves`, hotstate/moves.py) each is
     # also registered, for `changes.commit` to make in Redis first (draws) or after (puts).
-    def _move_out(self, acc: Account, amount_n: int, allow_debt: bool, refusal) -> list:
+    def _move_out(
+        self, acc: Account, amount_n: int, allow_debt: bool, refusal, exact: int | None = None
+    ) -> list:
         ops = self._draw(acc, amount_n, time.time(), allow_debt)
         if self.state.moves is not None:
-            self.state.moves.draw(acc, amount_n, allow_debt, list(ops), refusal)
+            self.state.moves.draw(acc, amount_n, allow_debt, list(ops), refusal, exact)
         return ops
 
     def _move_in(self, acc: Account, amount_n: int, days: float, reference: str, now=None):
@@ -349,11 +351,17 @@ class Ledger:
         kind: str,
         fee: float,
         refusal=None,
+        exact: int | None = None,
     ) -> tuple[list, float]:
+        """`exact` (a delete in Redis mode): the amount is all that is free with these
+        reservations; Redis takes it only if it agrees (hotstate/moves.py)."""
+        moves = self.state.moves
         if amount_n <= 0:
+            if exact is not None and moves is not None:  # Redis must agree nothing is free
+                moves.draw(child, 0, False, [], refusal or _in_flight, exact)
             return [], 0.0
         now = time.time()
-        ops = self._move_out(child, amount_n, False, refusal or _in_flight)
+        ops = self._move_out(child, amount_n, False, refusal or _in_flight, exact)
         fee_n = min(to_n(fee, 1.0), amount_n)
         back_n = amount_n - fee_n
         if back_n > 0 and not parent.is_root:
@@ -369,11 +377,18 @@ class Ledger:
 
         Requests still in flight keep their reservation on acc; when the last one ends,
         `settle_deleted` moves what is left (or what is owed) to the nearest live ancestor.
+        With the money in Redis, "in flight" is every instance's (`moves.reserved_n`).
         """
-        free_n = balance_n(acc) - acc.reserved_n
-        ops, back = self._refund_n(acc, acc.parent, free_n, operator, "delete", REFUND_FEE)
+        moves = self.state.moves
+        reserved_n = acc.reserved_n if moves is None else moves.reserved_n(acc)
+        free_n = balance_n(acc) - reserved_n
+        ops, back = self._refund_n(
+            acc, acc.parent, free_n, operator, "delete", REFUND_FEE, exact=reserved_n
+        )
         acc.deleted = True
         self.state.remember(lambda: setattr(acc, "deleted", False))
+        if reserved_n:  # the last request out, on whichever instance, settles the rest
+            return ops, back
         return ops + self.settle_deleted(acc), back
 
     def settle_deleted(self, acc: Account) -> list:

@@ -326,7 +326,8 @@ class Sync:
 
     def _drop_accounts(self, ids: set[int]) -> bool:
         """Remove deleted accounts, deepest first; False if one still has children here.
-        Its requests in flight here settle on it as it was (billing's state is shared)."""
+        Each is marked deleted: its rest goes to its heir once its last request anywhere
+        has ended (billing: now, or when its last request here ends)."""
         state, ok = self.gw.state, True
         gone = sorted((state.accounts[i] for i in ids if i in state.accounts), key=_depth)
         for acc in reversed(gone):
@@ -335,6 +336,9 @@ class Sync:
                 continue
             state.remove_account(acc)
             self.gw.limiter.forget(acc.id)
+            acc.deleted = True
+            if self.gw.billing.shared is not None:
+                self.gw.billing.settle_deleted(acc)
         return ok
 
     def _put_key(self, key_id: int, row: dict | None) -> None:

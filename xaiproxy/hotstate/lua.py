@@ -199,13 +199,23 @@ return {'ok', gen, '0', h[1], h[2], h[3], h[4], h[5], h[6]}
 # Releases the hold (only if Redis still has the generation that took it, or the request
 # was held again under the current one),
 # debits the cost, counts it in every chain account's month, charges the token buckets.
-# `late` = a retry whose usage is already in the database: skipped after a rebuild.
+# `late` ("" = not late) = a retry whose usage the database got: the seconds since its
+# commit, -1 while not known to be committed. In a generation rebuilt since, it is skipped
+# if that generation's snapshot counted it (committed before the snapshot was read: the
+# Redis time after '@' in the generation; no time: assumed counted), else debited there.
 # Idempotent per request and generation (KEYS[4] holds "<gen> <reply>"): a retry gets the
 # first answer; after a rebuild the record is stale (the rebuild counted what it did).
 # {'ok', field, take, ...} | {'skipped'} | {'not_loaded'}.
 SETTLE = (
     LIB
     + r"""
+local function counted(gen, late, now)
+  if late == '' then return false end
+  local at = tonumber(string.match(gen, '@(.+)$') or '')
+  if not at then return true end
+  local age = tonumber(late)
+  return age >= 0 and now - age < at
+end
 local gen = redis.call('GET', KEYS[1])
 if not gen then return {'not_loaded'} end
 local same = gen == ARGV[1]
@@ -222,7 +232,7 @@ local now = now_s()
 local cost, tokens, unlimited = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
 local C, S = tonumber(ARGV[6]), tonumber(ARGV[7])
 local reply = {'skipped'}
-if same or ARGV[8] ~= '1' then
+if same or not counted(gen, ARGV[8], now) then
   if same then
     if not unlimited then redis.call('DECRBY', KEYS[3], ARGV[2]) end
     for i = 1, C do redis.call('DECRBY', KEYS[3 + 2 * i], ARGV[2]) end
@@ -259,10 +269,12 @@ return reply
 
 # Management: take `amount` from an account, soonest expiry first, if its balance less
 # what its requests in flight reserved covers it (or always, with allow_debt); amount 0:
-# all of it (balance less reservations, if positive).
+# all of it (balance less reservations, if positive). With an expected reservation (a
+# delete: all that is free, atomic against every instance's holds), only if the account's
+# reservations are that and the amount is all that is free, else {'quote'}.
 # KEYS: loaded marker, grants, reserved, touched, settling. ARGV: amount, allow_debt,
-# account id. {'ok', gen, reserved, field, take, ...} | {'insufficient_balance', available}
-# | {'not_loaded'} | {'settling'}.
+# account id, expected reservations ("" = any). {'ok', gen, reserved, field, take, ...}
+# | {'insufficient_balance', available} | {'quote'} | {'not_loaded'} | {'settling'}.
 DRAW = (
     LIB
     + r"""
@@ -274,8 +286,13 @@ local amount = tonumber(ARGV[1])
 local gs = grants(KEYS[2])
 local reserved = num(KEYS[3])
 local avail = balance(gs, now) - reserved
+if ARGV[4] ~= '' and (reserved ~= tonumber(ARGV[4]) or amount ~= math.max(avail, 0)) then
+  return {'quote'}
+end
 if amount == 0 then amount = math.max(avail, 0) end
-if ARGV[2] ~= '1' and avail < amount then return {'insufficient_balance', int(avail)} end
+if ARGV[4] == '' and ARGV[2] ~= '1' and avail < amount then
+  return {'insufficient_balance', int(avail)}
+end
 local reply = {'ok', gen, int(reserved)}
 if amount > 0 then
   for _, v in ipairs(draw(KEYS[2], gs, amount, now)) do reply[#reply + 1] = v end

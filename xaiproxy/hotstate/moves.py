@@ -14,20 +14,37 @@ registered here as well. Between work() and the store write, `changes.commit` ca
 After the commit, new grants are put (kept if a rebuild already loaded them) and debts
 paid are added (once, and only under the generation that took the money). A unit the
 store refused gives its draws back.
+
+A delete refunds all that is free: the balance less every instance's reservations, which
+only Redis knows. Its draw is exact (the `draw` script takes it only if Redis's figures
+are the ones work() used); when they differ, the account's display copy is set from
+Redis and work() runs again with Redis's reservations (`prepare`, a few times at most).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 from ..errors import ApiError
+from ..state import Grant
 from ..store import ops as o
 from . import StateUnavailable
 
 log = logging.getLogger("xaiproxy.hotstate")
+QUOTES = 4  # a delete's tries before giving up (settles keep moving its balance)
+
+
+class Requote(Exception):
+    """Redis's balance or reservations of `account` are not what work() used: run it again."""
+
+    def __init__(self, account) -> None:
+        super().__init__(account.id)
+        self.account = account
 
 
 @dataclasses.dataclass(slots=True)
@@ -37,6 +54,7 @@ class Draw:
     allow_debt: bool
     ops: list  # the ops the memory draw made (replaced by Redis's takes)
     refusal: Callable[[], ApiError]
+    exact: int | None = None  # a delete's: the reservations Redis must show (see `prepare`)
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,13 +78,52 @@ class Moves:
         self.draws: list[Draw] = []
         self.puts: list = []
         self.adds: list = []
+        self.quotes: dict[int, int] = {}  # account -> its reservations as Redis told them
+
+    def reserved_n(self, acc) -> int:
+        """What requests in flight hold of acc: every instance's, once Redis said it."""
+        return self.quotes.get(acc.id, acc.reserved_n)
+
+    async def prepare(self, state, work) -> tuple:
+        """work() and its draws in Redis: (result, ops, Unit, undo). A delete whose figures
+        Redis does not share runs again with Redis's (the display copy set from it)."""
+        try:
+            for _ in range(QUOTES):
+                self.clear()
+                with state.recording() as undo:
+                    result, ops = work()
+                try:
+                    ops, unit = await self.before_write(ops)
+                except Requote as again:
+                    undo()  # before the display copy is set from Redis
+                    await self._quote(again.account)
+                    continue
+                except BaseException:
+                    undo()
+                    raise
+                return result, ops, unit, undo
+            raise ApiError(
+                409,
+                "requests_in_flight",
+                "requests in flight keep changing this account's balance; retry in a moment",
+            )
+        finally:
+            self.quotes.clear()
+
+    async def _quote(self, acc) -> None:
+        try:
+            found, reserved = await self.hot.holdings(acc.id)
+        except StateUnavailable as exc:
+            raise exc.api_error() from None
+        show_grants(acc, found)
+        self.quotes[acc.id] = reserved
 
     # -- registered by the ledger during work() ----------------------------------------
     def clear(self) -> None:
         self.draws, self.puts, self.adds = [], [], []
 
-    def draw(self, acc, amount_n: int, allow_debt: bool, ops: list, refusal) -> None:
-        self.draws.append(Draw(acc, amount_n, allow_debt, ops, refusal))
+    def draw(self, acc, amount_n: int, allow_debt: bool, ops: list, refusal, exact=None) -> None:
+        self.draws.append(Draw(acc, amount_n, allow_debt, ops, refusal, exact))
 
     def put(self, acc, grant) -> None:
         self.puts.append((acc.id, (grant.id, grant.remaining_n, grant.expires_at)))
@@ -87,8 +144,10 @@ class Moves:
                 self.plane.rebuilder.kick()
                 raise StateUnavailable("redis holds no state yet: rebuilding")
             for d in draws:
-                drawn = await self.hot.take(d.account.id, d.amount_n, d.allow_debt)
+                drawn = await self.hot.take(d.account.id, d.amount_n, d.allow_debt, d.exact)
                 if drawn is None:
+                    if d.exact is not None:
+                        raise Requote(d.account)
                     raise d.refusal()
                 unit.taken.append((d, drawn))
         except StateUnavailable as exc:
@@ -169,3 +228,20 @@ def _grant(acc, grant_id: int):
         if g.id == grant_id:
             return g
     return None
+
+
+def show_grants(acc, found: list[tuple[int, int, float]]) -> None:
+    """acc's display copy as Redis has it, (grant id, remaining, expires) each: grants
+    another instance made are added, those Redis lacks show nothing; its balance is Redis's."""
+    have = {g.id: g for g in acc.grants}
+    seen = set()
+    for grant_id, remaining, expires in found:
+        seen.add(grant_id)
+        g = have.get(grant_id)
+        if g is None:
+            g = Grant(grant_id, acc.id, 0, remaining, time.time(), expires)
+            bisect.insort(acc.grants, g, key=lambda x: x.expires_at)
+        g.remaining_n = remaining
+    for g in acc.grants:
+        if g.id not in seen:
+            g.remaining_n = 0

@@ -16,8 +16,10 @@ a flush interval as always) and the settle is retried as `late` until Redis answ
 - same generation: Redis applies it (once: settle is idempotent per id and generation);
   where its per-grant takes differ from the local draw, a unit of deltas that sum to
   zero makes the store agree with Redis;
-- rebuilt since: skipped, because the rebuild read the store after waiting out every
-  writer's flush interval, so its snapshot already counts this cost (never twice).
+- rebuilt since: skipped if the rebuild's snapshot counts this cost, i.e. the store
+  committed the usage before the snapshot was read (the generation carries that Redis
+  time; the settle sends how long ago its commit was); else debited in the new
+  generation as a plain debit (no hold to release), so Redis and the store agree.
 
 A rebuild starts every reservation at zero, but requests admitted before it still run.
 Each instance keeps its holds in flight (`holding`) and, on seeing a new generation, holds
@@ -37,11 +39,13 @@ import dataclasses
 import itertools
 import logging
 import secrets
+import time
 
 from .. import changes, ledger, limits, months
 from ..errors import ApiError
 from ..store import ops as o
 from . import StateUnavailable
+from .moves import show_grants
 from .redis import MAX_DELTA_N, Ask
 
 log = logging.getLogger("xaiproxy.hotstate")
@@ -63,7 +67,7 @@ class Ticket:
         return bool(self.headers)
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class Pending:
     """A settle Redis has not answered yet."""
 
@@ -72,6 +76,7 @@ class Pending:
     cost_n: int
     tokens: int
     local: list  # the GrantDelta ops drawn from this instance's copy and already queued
+    committed: float | None = None  # time.monotonic() once the store committed its usage
 
 
 class Plane:
@@ -191,7 +196,9 @@ class Plane:
             local = self.gw.ledger.spend(acc, cost_n) if acc is not None else []
             if record is not None:
                 store.submit_usage(record, local)
-            self.late.append(Pending(ticket, acc, cost_n, tokens, local))
+            pending = Pending(ticket, acc, cost_n, tokens, local)
+            self.late.append(pending)
+            self._watch_commit(pending)
             self._retry_soon()
             log.warning("settle %s waits for redis: %s", ticket.settle_id, exc)
             return
@@ -247,13 +254,13 @@ class Plane:
                 log.warning("deleted account %d not settled: its lock stayed taken", acc.id)
                 return
             try:
-                _, reserved = await self.hot.balance(acc.id)
+                found, reserved = await self.hot.holdings(acc.id)
                 if reserved:  # another instance's request still runs: its end settles it
                     return
-                found = (await self.hot.grants([acc.id]))[acc.id]
-                for g in acc.grants:  # the display copy as Redis has it: the rest is exact
-                    g.remaining_n = found.get(g.id, g.remaining_n)
+                show_grants(acc, found)  # the display copy as Redis has it: the rest is exact
                 acc.reserved_n = 0
+                if not ledger.balance_n(acc):
+                    return  # nothing left and nothing owed (settled already, or by the delete)
                 await changes.commit(
                     gw.state, gw.store, lambda: (None, gw.ledger.settle_deleted(acc))
                 )
@@ -302,6 +309,24 @@ class Plane:
         return "other" in replies
 
     # -- settles that missed Redis ---------------------------------------------------
+    def _watch_commit(self, p: Pending) -> None:
+        """Note when the store commits p's usage (queued before this empty unit): a rebuild
+        whose snapshot was read after that counted it."""
+        try:
+            fut = self.gw.store.submit([], wait=True)
+        except RuntimeError:  # the store is closing: its retry will not run either
+            return
+
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is None:
+                p.committed = time.monotonic()
+            elif any(x is p for x in self.late):  # the batch failed: its usage was requeued
+                self._watch_commit(p)
+
+        fut.add_done_callback(done)
+
     def _retry_soon(self) -> None:
         if self._retrying is None or self._retrying.done():
             self._retrying = asyncio.get_running_loop().create_task(self._retry_loop())
@@ -326,8 +351,9 @@ class Plane:
         while self.late:
             p = self.late[0]
             t = p.ticket
+            age = -1.0 if p.committed is None else time.monotonic() - p.committed
             takes = await self.hot.settle(
-                t.ask, t.generation, t.settle_id, p.cost_n, p.tokens, late=True
+                t.ask, t.generation, t.settle_id, p.cost_n, p.tokens, late=age
             )
             self.late.pop(0)
             if takes is not None and p.account is not None:

@@ -22,10 +22,13 @@ PATIENCE = 30.0  # the longest one rebuild may take (the lock expires after it)
 RETRY_GAP = 0.5  # seconds between two rebuild attempts of one instance
 
 
-async def snapshot(store, wait: float) -> Snapshot:
-    """The money state of the store, after `wait` seconds and this instance's flush."""
+async def snapshot(store, wait: float, clock=None) -> Snapshot:
+    """The money state of the store, after `wait` seconds and this instance's flush,
+    stamped with `clock()` (Redis's time) just before it is read: a settle whose usage
+    another instance committed after that is not in it (plane.py: late settles)."""
     await asyncio.sleep(wait)
     await store.flush()
+    taken_at = await clock() if clock is not None else 0.0
     now = time.time()
     grants: dict[int, list[tuple[int, int, float]]] = {}
     for row in await store.load_grants(now):
@@ -38,7 +41,7 @@ async def snapshot(store, wait: float) -> Snapshot:
         for part in dna.strip(".").split("."):  # a subtree's spend counts for every account above
             if part.isdigit():
                 tree[int(part)] = tree.get(int(part), 0) + spent_n
-    return Snapshot(grants, month, tree)
+    return Snapshot(grants, month, tree, taken_at)
 
 
 class Rebuilder:
@@ -67,7 +70,7 @@ class Rebuilder:
     async def _snapshot(self) -> Snapshot:
         self.rebuilds += 1
         log.warning("redis holds no state: rebuilding it from the store")
-        return await snapshot(self.gw.store, self.wait)
+        return await snapshot(self.gw.store, self.wait, self.gw.hot.time)
 
     def kick(self) -> None:
         """Start a rebuild in the background unless one runs or just ran (cheap to call

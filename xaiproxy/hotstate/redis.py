@@ -75,6 +75,7 @@ class Snapshot:
     grants: dict[int, list[tuple[int, int, float]]]  # account -> (grant id, remaining_n, expires)
     month: str = ""
     month_spend: dict[int, int] = field(default_factory=dict)  # account -> its subtree's spend
+    taken_at: float = 0.0  # Redis time just before the store was read (0: unknown)
 
 
 def grant_field(grant_id: int, expires_at: float) -> str:
@@ -195,15 +196,16 @@ class RedisState:
         request_id: str,
         cost_n: int,
         tokens: int,
-        late: bool = False,
+        late: float | None = None,
     ) -> list[tuple[int, int]] | None:
         """Release the hold, debit `cost_n`, charge `tokens`: the (grant id, taken) list
-        (grant id 0: debt with no grant), or None when skipped (`late` after a rebuild:
-        the database already has this usage and the rebuild counted it)."""
+        (grant id 0: debt with no grant), or None when skipped. `late`: a retry whose usage
+        the database committed `late` seconds ago (-1: not yet); after a rebuild whose
+        snapshot counted it, skipped."""
         if not 0 <= cost_n <= MAX_DELTA_N:
             raise ValueError(f"cost {cost_n} out of range")
         args: list = [generation, ask.estimate_n, cost_n, max(tokens, 0), int(ask.unlimited)]
-        args += [len(ask.chain), len(ask.scopes), int(late), MONTH_TTL]
+        args += [len(ask.chain), len(ask.scopes), "" if late is None else f"{late:.6f}", MONTH_TTL]
         for _, values in ask.scopes:
             args += values
         args.append(ask.account_id)
@@ -241,18 +243,23 @@ class RedisState:
         drawn = await self.take(account_id, amount_n, allow_debt)
         return None if drawn is None else drawn.takes
 
-    async def take(self, account_id: int, amount_n: int, allow_debt: bool = False) -> Drawn | None:
+    async def take(
+        self, account_id: int, amount_n: int, allow_debt: bool = False, exact: int | None = None
+    ) -> Drawn | None:
         """`draw` with what the caller needs to undo it and to know what it saw: the
-        generation and the account's reservations. amount 0: everything available."""
+        generation and the account's reservations. amount 0: everything available.
+        `exact` (a delete): None unless the account's reservations are `exact` and
+        `amount_n` is all that is free (balance less them, if positive)."""
         if not 0 <= amount_n <= MAX_DELTA_N:
             raise ValueError(f"amount {amount_n} out of range")
         keys = [self.marker, self._acc(account_id, "grants"), self._acc(account_id, "reserved")]
         keys += [self.touched, self.settling]
+        args = [amount_n, int(allow_debt), account_id, "" if exact is None else exact]
         async with self._guard():
-            reply = await self._draw(keys, [amount_n, int(allow_debt), account_id])
+            reply = await self._draw(keys, args)
         code = _s(reply[0])
         _unready(code)
-        if code == "insufficient_balance":
+        if code in ("insufficient_balance", "quote"):
             return None
         return Drawn(_s(reply[1]), int(reply[2]), _takes(reply[3:]))
 
@@ -338,6 +345,21 @@ class RedisState:
                 total += rem
         return total, int(reserved or 0)
 
+    async def holdings(self, account_id: int) -> tuple[list[tuple[int, int, float]], int]:
+        """([(grant id, remaining, expires)], reserved) of one account, as Redis has them."""
+        async with self._guard():
+            raw, reserved = await (
+                self.redis.pipeline(transaction=False)
+                .hgetall(self._acc(account_id, "grants"))
+                .get(self._acc(account_id, "reserved"))
+                .execute()
+            )
+        found = []
+        for f, rem in raw.items():
+            expires, grant_id = _s(f).split("|", 1)
+            found.append((int(grant_id), int(rem), float(expires)))
+        return found, int(reserved or 0)
+
     async def own_month_spends(
         self, accounts: list[tuple[int, list[int]]], month: str
     ) -> dict[int, int]:
@@ -365,6 +387,12 @@ class RedisState:
             return int(await self.redis.get(self._acc(account_id, f"spent:{month}")) or 0)
 
     # -- rebuild -------------------------------------------------------------------
+    async def time(self) -> float:
+        """Redis's clock, shared by every instance."""
+        async with self._guard():
+            t = await self.redis.time()
+        return t[0] + t[1] / 1e6
+
     async def loaded(self) -> str:
         """The current generation, "" when Redis holds no state."""
         async with self._guard():
@@ -377,6 +405,8 @@ class RedisState:
         Reservations start at zero; rate-limit counters, sleeps and locks are kept. Admits
         and draws then wait `settling` seconds for requests in flight to be held again."""
         gen = secrets.token_hex(8)
+        if snapshot.taken_at:  # late settles compare their commit with it (lua.SETTLE)
+            gen += f"@{snapshot.taken_at:.6f}"
         async with self._guard():
             old = [k async for k in self.redis.scan_iter(match=f"{self.prefix}a:*", count=1000)]
             pipe = self.redis.pipeline(transaction=True)
