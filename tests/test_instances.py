@@ -14,6 +14,7 @@ import itertools
 import shutil
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests import servers
 from tests.cluster import Cluster, Truth, eventually, nginx_in_front, redis_balance_n
@@ -210,6 +211,59 @@ async def test_300_requests_over_three_instances_never_overspend(make_cluster, u
         return await redis_balance_n(c.redis_url, uid) == after
 
     await eventually(hot_matches, 5, "Redis's balance equal to PostgreSQL's")
+
+
+async def test_delete_on_a_while_b_streams_for_it(make_cluster, upstream, truth):
+    """A refunds the balance less B's holds (Redis's figures); B's last stream out
+    settles the rest (or the debt) with the parent, which ends up paying the cost + fee."""
+    ids = {}
+
+    async def setup(c: Cluster) -> None:
+        await with_key(upstream, DEAR)(c)
+        ids["pid"], ids["pkey"] = await c.add_user(0, 300, "heir")
+        body = {"Name": "leaver", "Email": "leaver@example.com", "CreditGranted": 50}
+        r = await c.call(0, "POST", "/x-users", body, ids["pkey"])
+        assert r.status == 200, r.body
+        ids["cid"], ids["ckey"] = r.body["User"]["ID"], r.body["User"]["SecretKey"]
+
+    c = await make_cluster(setup, n=2)
+    pid, cid = ids["pid"], ids["cid"]
+    slow = {"x-fake-delay": "0.15", "x-fake-chunks": "8"}
+    flying = [
+        asyncio.ensure_future(c.chat(1, ids["ckey"], stream=True, max_tokens=10, headers=slow))
+        for _ in range(2)
+    ]
+    hot = aioredis.Redis.from_url(c.redis_url)
+    try:
+
+        async def held() -> bool:  # 1.0 each, on B
+            return int(await hot.get(f"xai:a:{cid}:reserved") or 0) == 2 * NANO
+
+        await eventually(held, 5, "both streams held on B")
+        r = await c.call(0, "DELETE", f"/x-users/{cid}", None, ids["pkey"])
+        assert r.status == 200, r.body  # was 409 requests_in_flight
+        assert r.body["User"]["Refunded"] == pytest.approx(50 - 2 - 0.2)
+        for reply in await asyncio.gather(*flying):
+            assert reply.status == 200 and b"[DONE]" in reply.raw
+
+        async def settled() -> bool:  # on B, after its last stream
+            return (await redis_balance_n(c.redis_url, cid) or 0) == 0 == await truth.balance_n(
+                cid
+            ) and int(await hot.get(f"xai:a:{cid}:reserved") or 0) == 0
+
+        await eventually(settled, 10, "the rest settled with the parent")
+    finally:
+        await hot.aclose()
+    await truth.flushed(cid, 2)
+    _, spent = await truth.usage(cid)
+    parent_n = 300 * NANO - spent - NANO // 5
+
+    async def parent_paid() -> bool:
+        return await truth.balance_n(pid) == parent_n == await redis_balance_n(c.redis_url, pid)
+
+    await eventually(parent_paid, 5, "the parent paid the cost and the fee, nothing more")
+    audit = await truth.audit()
+    assert audit["ok"], audit
 
 
 async def test_rpm_6_across_three_instances_admits_6(make_cluster, upstream):
