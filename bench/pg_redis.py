@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL and Redis for bench/wrk_cpu.sh, started as the tests start them.
 
-    bench/pg_redis.py      # prints "<db url> <redis url> <postgres pid> <redis pid>", then
-                           # runs until SIGTERM or SIGINT, then stops both by PID
+    bench/pg_redis.py [NAME...]   # prints "<db url...> <redis url> <postgres pid> <redis pid>"
+                                  # (one database per NAME, default "bench"), then runs
+                                  # until SIGTERM or SIGINT, then stops both by PID
 
 tests/servers.py does the work: temp dirs, free ports, fsync off, Redis without
 persistence; as root PostgreSQL runs as the `postgres` user. Exit 3 (with the reason on
@@ -43,8 +44,11 @@ def main() -> int:
     try:
         pg.start()
         redis.start()
-        asyncio.run(create_db(pg, "bench"))
-        print(pg.url("bench"), redis.url(), pg.proc.pid, redis.proc.pid, flush=True)
+        names = sys.argv[1:] or ["bench"]
+        for name in names:
+            asyncio.run(create_db(pg, name))
+        urls = [pg.url(name) for name in names]
+        print(*urls, redis.url(), pg.proc.pid, redis.proc.pid, flush=True)
         done.wait()
     finally:
         redis.stop()

@@ -7,6 +7,8 @@
 # gateway CPU (utime + stime from /proc) per request for each, and B/A per pair: drift
 # of the machine hits both runs of a pair alike, so quote the median B/A, not the absolutes.
 # SRC is a directory holding an `xaiproxy` package (e.g. a `git archive` of a commit).
+# XAI_PG=1: both gateways on PostgreSQL + Redis (bench/pg_redis.py: one server each, a
+# database and a Redis database per gateway) instead of SQLite files.
 set -euo pipefail
 A=$(realpath "$1"); B=$(realpath "$2"); mode=${3:-plain}; runs=${4:-8}; secs=${5:-4}
 cd "$(dirname "$0")/.."
@@ -19,11 +21,20 @@ mport=$(free_port)
 $py bench/mock_upstream.py --port "$mport" --chunks 20 --chunk-size 8 >"$tmp/mock.log" 2>&1 &
 mpid=$!
 pids=($mpid)
-trap 'kill ${pids[@]} 2>/dev/null; rm -rf "$tmp"' EXIT
+spid=
+trap 'kill ${pids[@]} 2>/dev/null; [ -n "$spid" ] && kill $spid 2>/dev/null && wait $spid; rm -rf "$tmp"' EXIT
+declare -A db=([a]="$tmp/a.db" [b]="$tmp/b.db") rd=([a]="" [b]="")
+if [ -n "${XAI_PG:-}" ]; then
+  $py bench/pg_redis.py a b >"$tmp/servers.txt" 2>"$tmp/servers.log" &
+  spid=$!
+  for _ in $(seq 300); do [ -s "$tmp/servers.txt" ] || ! kill -0 $spid 2>/dev/null && break; sleep 0.1; done
+  read -r db[a] db[b] redisurl _ _ <"$tmp/servers.txt" || { cat "$tmp/servers.log"; exit 3; }
+  rd[a]=${redisurl%/0}/1; rd[b]=${redisurl%/0}/2
+fi
 start() { # src name -> sets port var
   local port; port=$(free_port)
   (cd "$1" && XAI_ROOT_KEY=$root XAI_ALLOW_PRIVATE_PROVIDERS=1 XAI_ACCESS_LOG="$tmp/$2.access" PYTHONPATH="$1" \
-    exec $py -m xaiproxy serve --host 127.0.0.1 --port "$port" --db "$tmp/$2.db") >"$tmp/$2.log" 2>&1 &
+    XAI_REDIS="${rd[$2]}" exec $py -m xaiproxy serve --host 127.0.0.1 --port "$port" --db "${db[$2]}") >"$tmp/$2.log" 2>&1 &
   pids+=($!)
   echo "$port $!"
 }

@@ -316,3 +316,85 @@ async def test_a_late_settle_is_debited_unless_the_rebuilds_snapshot_counted_it(
     assert await a.settle(held[1], old, "after", usd(1), 0, late=0.01) == [(14, usd(1))]
     assert await a.settle(held[2], old, "unknown", usd(2), 0, late=-1.0) == [(14, usd(2))]
     assert await b.balance(3) == (usd(7), 0)  # debited, no hold of the old generation released
+
+
+async def test_the_data_plane_pipelines_its_scripts_over_one_connection(redis_url):
+    """400 admits and their settles at once ride one connection (hotstate/wire.py), not
+    a pooled socket each; the answers still match their calls."""
+    a, watcher = RedisState(redis_url, connections=16), RedisState(redis_url, connections=1)
+    try:
+        await a.load(snapshot())
+        asks = [ask() for _ in range(400)]
+        verdicts = await asyncio.gather(*(a.admit(x) for x in asks))
+        ok = [x for x, v in zip(asks, verdicts, strict=True) if v.code == "ok"]
+        assert len(ok) == 163
+        costs = [random.randint(1, usd(0.4)) for _ in ok]
+        takes = await asyncio.gather(
+            *(
+                a.settle(x, verdicts[0].generation, f"p{i}", cost, 0)
+                for i, (x, cost) in enumerate(zip(ok, costs, strict=True))
+            )
+        )
+        assert [sum(t for _, t in per) for per in takes] == costs
+        assert await a.balance(2) == (usd(50) - sum(costs), 0)
+        clients = await watcher.redis.client_list()
+        assert len(clients) <= 3  # a's pool (the load), a's wire, the watcher
+    finally:
+        await a.close()
+        await watcher.close()
+
+
+async def test_a_stall_past_the_timeout_fails_closed_and_a_new_connection_follows(
+    redis_server, redis_url
+):
+    """No reply within `timeout`: every call waiting fails closed and the connection is
+    dropped, so the late replies answer nothing; the next call opens a new one."""
+    a = RedisState(redis_url, timeout=0.5)
+    try:
+        await a.load(snapshot())
+        assert (await a.admit(ask())).code == "ok"
+        redis_server.freeze(True)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(a.admit(ask()) for _ in range(3)), return_exceptions=True
+            )
+            assert all(isinstance(r, StateUnavailable) for r in results)
+            assert 0.4 < time.monotonic() - started < 2
+        finally:
+            redis_server.freeze(False)
+        x = ask()
+        v = await a.admit(x)
+        assert v.code == "ok"
+        assert await a.settle(x, v.generation, "after", usd(1), 0) == [(11, usd(1))]
+    finally:
+        await a.close()
+
+
+async def test_the_data_plane_connection_authenticates_and_selects_its_database():
+    """A password and a database number in the URL: the scripts' connection uses both;
+    a wrong password fails closed."""
+    try:
+        server = servers.Redis()
+    except servers.Unavailable as exc:
+        pytest.skip(str(exc))
+    server.start()
+    url = server.url("s3cret").replace("/0", "/3")
+    a, wrong = RedisState(url), RedisState(server.url("nope"))
+    try:
+        admin = RedisState(server.url())
+        await admin.redis.config_set("requirepass", "s3cret")
+        await admin.close()
+        await a.load(snapshot())
+        x = ask()
+        v = await a.admit(x)
+        assert v.code == "ok"
+        assert await a.settle(x, v.generation, "db3", usd(2), 0) == [(11, usd(2))]
+        assert await a.balance(2) == (usd(48), 0)
+        assert await a.redis.dbsize() > 0
+        with pytest.raises(StateUnavailable):
+            await wrong.admit(ask())
+    finally:
+        await a.close()
+        await wrong.close()
+        server.stop()

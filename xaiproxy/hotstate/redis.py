@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from . import StateUnavailable, lua
+from .wire import Wire
 
 MAX_DELTA_N = 2**53 - 1  # Lua numbers are doubles: deltas stay exact below this
 MONTH_TTL = 40 * 86400  # a month's spend counter outlives its month, then expires
@@ -124,8 +125,11 @@ class RedisState:
             retry=Retry(NoBackoff(), 0),
         )
         self.redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        self._admit = self.redis.register_script(lua.ADMIT)
-        self._settle = self.redis.register_script(lua.SETTLE)
+        # The data plane's two scripts go over one lean pipelined connection (wire.py).
+        self.wire = Wire.for_url(url, timeout)
+        scripts = self.wire or self.redis
+        self._admit = scripts.register_script(lua.ADMIT)
+        self._settle = scripts.register_script(lua.SETTLE)
         self._draw = self.redis.register_script(lua.DRAW)
         self._publish = self.redis.register_script(lua.PUBLISH)
         self._unlock = self.redis.register_script(lua.UNLOCK)
@@ -137,6 +141,8 @@ class RedisState:
         self.channel = prefix + "changes"
 
     async def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
         await self.redis.aclose()
 
     @contextlib.asynccontextmanager
