@@ -219,6 +219,7 @@ async def test_a_killed_redis_fails_closed_and_is_rebuilt_from_the_snapshot():
         x = ask()
         before = await a.admit(x)
         assert before.code == "ok"
+        await b.loaded()  # b too has seen the generation (as its mirror would have)
 
         server.kill()
         started = time.monotonic()
