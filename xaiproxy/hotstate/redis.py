@@ -33,6 +33,7 @@ MONTH_TTL = 40 * 86400  # a month's spend counter outlives its month, then expir
 # After a rebuild, admits and draws wait this long (503) while every instance holds its
 # requests in flight again (each notices a new generation within a second: mirror.py).
 SETTLING = 2.0
+SETTLE_LAG = 0.002  # a settle waits up to this long to share a write with other commands
 FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 
 
@@ -127,9 +128,12 @@ class RedisState:
         self.redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         # The data plane's two scripts go over one lean pipelined connection (wire.py).
         self.wire = Wire.for_url(url, timeout)
-        scripts = self.wire or self.redis
-        self._admit = scripts.register_script(lua.ADMIT)
-        self._settle = scripts.register_script(lua.SETTLE)
+        if self.wire is not None:
+            self._admit = self.wire.register_script(lua.ADMIT)
+            self._settle = self.wire.register_script(lua.SETTLE, SETTLE_LAG)
+        else:
+            self._admit = self.redis.register_script(lua.ADMIT)
+            self._settle = self.redis.register_script(lua.SETTLE)
         self._draw = self.redis.register_script(lua.DRAW)
         self._publish = self.redis.register_script(lua.PUBLISH)
         self._unlock = self.redis.register_script(lua.UNLOCK)

@@ -5,7 +5,9 @@ spends running it: a connection checked out of the pool and back, retry and tele
 wrappers, a deep chain of awaits. The data plane sends two commands per request, so
 this connection sends each script call as one EVALSHA straight to the socket and matches
 the replies in order (Redis answers in order), parsed by hiredis. Calls made in the same
-pass of the loop share one write: the settles of many requests go as one pipeline.
+pass of the loop share one write; a script registered with a `lag` (settle: its caller
+does not wait for it) waits up to that long for the next write, so the settles of many
+requests ride along with admits as one pipeline (fewer syscalls and wakeups).
 
 The guarantees stay those of the pool: nothing is retried (an `admit` sent twice would
 hold twice; NOSCRIPT is the one exception, as Redis ran nothing), and every failure (the
@@ -35,16 +37,17 @@ pack = hiredis.pack_command  # one command in RESP, packed in C (str, bytes, int
 class Script:
     """A Lua script called by its SHA1 (EVAL of its body when Redis does not know it)."""
 
-    def __init__(self, wire: Wire, body: str) -> None:
+    def __init__(self, wire: Wire, body: str, lag: float) -> None:
         self.wire = wire
+        self.lag = lag
         self.body = body.encode()
         self.sha = hashlib.sha1(self.body).hexdigest().encode()
 
     async def __call__(self, keys: list, args: list):
         wire, n = self.wire, str(len(keys))
-        reply = await wire.call(pack((b"EVALSHA", self.sha, n, *keys, *args)))
+        reply = await wire.call(pack((b"EVALSHA", self.sha, n, *keys, *args)), self.lag)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            reply = await wire.call(pack((b"EVAL", self.body, n, *keys, *args)))
+            reply = await wire.call(pack((b"EVAL", self.body, n, *keys, *args)), self.lag)
         if isinstance(reply, hiredis.ReplyError):
             raise StateUnavailable(f"redis: ResponseError: {reply}")
         return reply
@@ -56,7 +59,9 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        self.out: list[bytes] = []  # commands written at the end of this loop pass
+        self.out: list[bytes] = []  # commands not written yet
+        self.soon = False  # a write at the end of this loop pass is due
+        self.later: asyncio.TimerHandle | None = None  # a write after a lag is due
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -71,9 +76,21 @@ class _Protocol(asyncio.Protocol):
         except (hiredis.ProtocolError, IndexError) as exc:
             self.fail(StateUnavailable(f"redis: protocol error: {exc}"))
 
+    def push(self, packed: bytes, lag: float) -> None:
+        self.out.append(packed)
+        if self.soon:
+            return
+        if not lag:
+            self.soon = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        elif self.later is None:
+            self.later = asyncio.get_running_loop().call_later(lag, self.flush)
+
     def flush(self) -> None:
-        out, self.out = self.out, []
-        if not self.lost:
+        if self.later is not None:
+            self.later.cancel()
+        out, self.out, self.soon, self.later = self.out, [], False, None
+        if out and not self.lost:
             self.transport.write(b"".join(out))
 
     def connection_lost(self, exc) -> None:
@@ -106,20 +123,19 @@ class Wire:
             return None
         return cls(url, timeout)
 
-    def register_script(self, body: str) -> Script:
-        return Script(self, body)
+    def register_script(self, body: str, lag: float = 0.0) -> Script:
+        return Script(self, body, lag)
 
-    async def call(self, packed: bytes):
-        """One command's reply (an error reply is returned, not raised)."""
+    async def call(self, packed: bytes, lag: float = 0.0):
+        """One command's reply (an error reply is returned, not raised); sent at the end of
+        this loop pass, or with the next write within `lag` seconds."""
         proto = self._proto
         if proto is None or proto.lost:
             proto = await self._open()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         proto.waiting.append(fut)
-        if not proto.out:
-            loop.call_soon(proto.flush)
-        proto.out.append(packed)
+        proto.push(packed, lag)
         timer = loop.call_later(self.timeout, self._expire, proto, fut)
         try:
             return await fut
