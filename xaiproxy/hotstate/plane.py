@@ -93,6 +93,7 @@ class Plane:
         self.holding: dict[str, Ticket] = {}  # settle id -> the holds of requests in flight
         self.inheriting: set[asyncio.Task] = set()  # deleted accounts' rests being settled
         self._reholding: asyncio.Task | None = None
+        self._clean = ""  # a generation every hold in `holding` is under ("": unknown)
         self.late: list[Pending] = []  # settles waiting for Redis
         self._retrying: asyncio.Task | None = None
 
@@ -154,6 +155,8 @@ class Plane:
     def _held(self, ctx, ticket: Ticket) -> None:
         if ticket.ask.estimate_n:
             self.holding[ticket.settle_id] = ticket
+            if ticket.generation != self._clean:
+                self._clean = ""
         ctx.limits, ctx.reserved_n = ticket, ticket.ask.estimate_n
         if not ctx.account.is_root:
             ctx.account.reserved_n += ticket.ask.estimate_n  # the display copy, this instance
@@ -279,10 +282,15 @@ class Plane:
     def notice(self, generation: str) -> None:
         """Redis answered under `generation`: hold again what this instance holds under an
         older one (in the background; one pass at a time)."""
+        if generation == self._clean:  # known: no scan of every hold on each admit
+            return
         if not generation or (self._reholding is not None and not self._reholding.done()):
             return
         if any(t.generation != generation for t in self.holding.values()):
+            self._clean = ""
             self._reholding = asyncio.get_running_loop().create_task(self._rehold_loop())
+        else:
+            self._clean = generation
 
     async def _rehold_loop(self) -> None:
         try:
@@ -296,6 +304,7 @@ class Plane:
     async def rehold(self) -> bool:
         """One pass: hold again, under Redis's generation, each hold of an older one; True
         when Redis moved on meanwhile (another pass is due)."""
+        self._clean = ""  # generations of holds change here
         gen = await self.hot.loaded()
         stale = [t for t in self.holding.values() if t.generation != gen]
         if not gen or not stale:

@@ -98,6 +98,13 @@ def _unready(code: str) -> None:
         raise StateUnavailable("redis was just rebuilt: requests in flight are held again")
 
 
+FAILURES = (TimeoutError, RedisError, OSError)  # redis-py's: the wire raises StateUnavailable
+
+
+def _unavailable(exc: BaseException) -> StateUnavailable:
+    return StateUnavailable(f"redis: {type(exc).__name__}: {exc}")
+
+
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -153,8 +160,8 @@ class RedisState:
     async def _guard(self):
         try:
             yield
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise StateUnavailable(f"redis: {type(exc).__name__}: {exc}") from None
+        except FAILURES as exc:
+            raise _unavailable(exc) from None
 
     # -- keys ------------------------------------------------------------------
     def _acc(self, account_id: int, what: str) -> str:
@@ -182,8 +189,10 @@ class RedisState:
         args += [limit for _, limit in ask.chain]
         for _, values in ask.scopes:
             args += values
-        async with self._guard():
+        try:  # not `_guard`: a context manager per call costs on the data plane
             reply = await self._admit(self._keys(ask) + [self.settling], args)
+        except FAILURES as exc:
+            raise _unavailable(exc) from None
         code = _s(reply[0])
         _unready(code)
         v = Verdict(code, self.generation)
@@ -220,8 +229,10 @@ class RedisState:
             args += values
         args.append(ask.account_id)
         keys = self._keys(ask, request_id) + [self.touched]
-        async with self._guard():
+        try:
             reply = await self._settle(keys, args)
+        except FAILURES as exc:
+            raise _unavailable(exc) from None
         code = _s(reply[0])
         if code == "not_loaded":
             raise StateUnavailable("redis holds no state yet (empty or restarted): rebuilding")
