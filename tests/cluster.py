@@ -25,7 +25,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from tests.procs import CHECKOUT, Served, free_port, serve
+from xaiproxy import ledger
 from xaiproxy.ledger import NANO
+from xaiproxy.store.postgres import AUDIT_SQL
 from xaiproxy.testing import ROOT_KEY, FakeUpstream, Reply
 
 # Every instance: the fake upstream's controls forwarded, a short flush interval (the
@@ -253,21 +255,13 @@ class Truth:
 
         await eventually(done, within, f"{rows} usage rows of account {account_id} committed")
 
+    async def audit_totals(self) -> dict[str, int]:
+        """The store's audit queries (store/postgres.py), on this connection."""
+        return {name: await self.conn.fetchval(sql) for name, sql in AUDIT_SQL.items()}
+
     async def audit(self) -> dict:
-        """ledger.audit's totals, read from PostgreSQL: held + spent + fees == minted."""
-        t = {name: int(await self.conn.fetchval(sql)) for name, sql in AUDIT_SQL.items()}
-        net = t["minted_n"] - t["returned_n"]
-        return {**t, "net_n": net, "ok": t["held_n"] + t["spent_n"] + t["fees_n"] == net}
-
-
-# The queries of the store's audit_totals (store/sqlite.py AUDIT_SQL), root = account 1.
-AUDIT_SQL = {
-    "minted_n": "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE from_id = 1",
-    "returned_n": "SELECT COALESCE(SUM(amount_n), 0) FROM transfers WHERE to_id = 1",
-    "held_n": "SELECT COALESCE(SUM(remaining_n), 0) FROM grants WHERE account_id != 1",
-    "spent_n": "SELECT COALESCE(SUM(cost_n), 0) FROM usage WHERE account_id != 1",
-    "fees_n": "SELECT COALESCE(SUM(fee_n), 0) FROM transfers",
-}
+        """ledger.audit over PostgreSQL itself: held + spent + fees == minted."""
+        return await ledger.audit(self)
 
 
 async def redis_balance_n(url: str, account_id: int, prefix: str = "xai:") -> int | None:

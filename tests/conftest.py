@@ -78,3 +78,18 @@ async def redis_url(redis_server):
     await client.flushall()
     await client.aclose()
     return redis_server.url()
+
+
+@pytest.fixture
+def own_redis():
+    """A Redis of this test's own, to kill -9 and restart empty."""
+    from tests import servers
+
+    try:
+        r = servers.Redis()
+    except servers.Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield r.start()
+    finally:
+        r.stop()

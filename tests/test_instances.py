@@ -16,7 +16,6 @@ import shutil
 import pytest
 import redis.asyncio as aioredis
 
-from tests import servers
 from tests.cluster import Cluster, Truth, eventually, nginx_in_front, redis_balance_n
 from xaiproxy.ledger import NANO
 
@@ -409,19 +408,6 @@ async def test_kill_9_mid_storm(make_cluster, upstream, truth):
         assert granted - balance == (await truth.usage(uid))[1]  # every draw is a usage row
         hot = await redis_balance_n(c.redis_url, uid)
         assert hot is not None and hot <= balance  # the hot copy never holds more
-
-
-@pytest.fixture
-def own_redis():
-    """A Redis of this test's own, to kill -9 and restart empty."""
-    try:
-        r = servers.Redis()
-    except servers.Unavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield r.start()
-    finally:
-        r.stop()
 
 
 async def test_redis_killed_and_restarted_empty(make_cluster, upstream, truth, own_redis):

@@ -11,11 +11,9 @@ import aiohttp
 import pytest
 
 from tests.fakes import add_key, add_user, set_config
-from tests.test_shared_money import own_redis
 from tests.vendor_fakes import RealtimeFake
 
 pytest_plugins = ["tests.fakes_fixtures", "tests.vendor_fixtures"]
-__all__ = ["own_redis"]  # a fixture: a Redis of the test's own, to kill
 
 MODEL = "gpt-realtime"
 # $1 per 1k output tokens: a response of 10 output tokens costs 0.01.

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from tests.fakes import add_user, chat, ready
-from tests.test_shared_money import CHAT, own_redis, settled, spent, store_balance
+from tests.test_shared_money import CHAT, settled, spent, store_balance
 
 pytest_plugins = ["tests.fakes_fixtures"]
-__all__ = ["own_redis"]  # a fixture: a Redis of the test's own, to kill and restart
 
 
 async def back(api, key) -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
-from tests import servers
 from tests.fakes import add_key, add_user, chat, ready
 from xaiproxy.hotstate.plane import SharedLimiter
 from xaiproxy.testing import start_gateway
@@ -139,20 +136,6 @@ async def test_a_refund_cannot_take_what_another_instance_holds(tmp_path, upstre
             await b.close()
     finally:
         await a.close()
-
-
-@pytest.fixture
-def own_redis():
-    """A Redis of this test's own, to kill and restart."""
-    try:
-        r = servers.Redis()
-    except servers.Unavailable as exc:
-        pytest.skip(str(exc))
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 async def test_redis_down_fails_closed_and_an_empty_one_is_rebuilt(
